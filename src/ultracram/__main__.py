@@ -1,0 +1,5 @@
+import sys
+
+from ultracram.cli import main
+
+sys.exit(main())

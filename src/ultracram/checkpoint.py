@@ -1,0 +1,254 @@
+"""The model checkpoint format: a directory holding
+
+- ``config.json``: the model config, the task and number of labels, the ultracram version,
+  the sha256 of the weights file and, when known, the tokenizer it was trained with;
+- ``model.safetensors``: the weights (tied tensors stored once);
+- ``tokenizer.json`` (optional): a copy of the tokenizer.
+
+Loading never unpickles anything, verifies the checksum, and checks every tensor name and
+shape; each failure is a ``CheckpointError`` that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ultracram import __version__
+from ultracram.config import ConfigError, ModelConfig, get_preset
+from ultracram.errors import UltracramError
+from ultracram.model import build_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UltracramError, RuntimeError):
+    """A checkpoint cannot be loaded; the message says which file and why."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with each shared (tied) tensor once, under its first name."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        if key in seen and t.numel():
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    tokenizer_path: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to ``directory`` atomically: files go to a temporary sibling directory,
+    are fsynced, then renamed into place, so a crash never leaves a half-written checkpoint.
+
+    ``model`` must have a ``config`` attribute (every ultracram model has). ``extra`` is stored
+    under ``"extra"`` in config.json (e.g. training metadata).
+    """
+    directory = Path(directory)
+    config: ModelConfig = model.config
+    task, num_labels = _task_of(model)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        weights = tmp / WEIGHTS_NAME
+        save_file(unique_state_dict(model), str(weights), metadata={"format": "pt"})
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "ultracram_version": __version__,
+            "task": task,
+            "num_labels": num_labels,
+            "model": config.to_dict(),
+            "weights_sha256": sha256_file(weights),
+            "tokenizer": None,
+            "extra": extra or {},
+        }
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)
+            meta["tokenizer"] = {"file": TOKENIZER_NAME, "sha256": sha256_file(tmp / TOKENIZER_NAME),
+                                 "vocab_size": _tokenizer_vocab_size(tmp / TOKENIZER_NAME)}  # fmt: skip
+            _check_vocab(config, meta["tokenizer"]["vocab_size"], tmp / TOKENIZER_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _task_of(model: nn.Module) -> tuple[str, int]:
+    from ultracram.model import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
+
+    if isinstance(model, EncoderForMaskedLM):
+        return "mlm", 0
+    if isinstance(model, EncoderForSequenceClassification):
+        return "classification", model.num_labels
+    if isinstance(model, Encoder):
+        return "encoder", 0
+    raise CheckpointError(f"cannot save a {type(model).__name__}: not an ultracram model")
+
+
+def _tokenizer_vocab_size(path: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).get_vocab_size()
+
+
+def _check_vocab(config: ModelConfig, tokenizer_vocab: int, where: Path) -> None:
+    if tokenizer_vocab != config.vocab_size:
+        raise CheckpointError(
+            f"vocabulary mismatch: tokenizer {where} has {tokenizer_vocab} tokens but the model's "
+            f"vocab_size is {config.vocab_size}; train the model with this tokenizer's vocabulary size"
+        )
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """Parse and check ``config.json`` of a checkpoint directory (no weights are read)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} is not a directory")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {CONFIG_NAME}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    missing = [k for k in ("model", "task", "weights_sha256") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an ultracram checkpoint")
+    return meta
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    task: str | None = None,
+    num_labels: int | None = None,
+    map_location: str | torch.device = "cpu",
+    config_overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Load a checkpoint directory into a fresh model.
+
+    With ``task`` different from the stored one (e.g. an MLM checkpoint loaded for
+    ``classification``), the shared encoder weights are loaded and the new head keeps its
+    fresh initialisation; every encoder tensor must still be present with the right shape.
+    ``config_overrides`` change fields that do not affect shapes (e.g. dropout for fine-tuning).
+    """
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    values = dict(meta["model"])
+    if "name" in values and values["name"] not in ("custom",):
+        try:  # the preset must exist, so that a typo'd or foreign preset name is caught
+            get_preset(values["name"])
+        except ConfigError as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from e
+    try:
+        config = ModelConfig.from_dict(
+            {**values, **(config_overrides or {})}, where=str(directory / CONFIG_NAME)
+        )
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_NAME}")
+    digest = sha256_file(weights_path)
+    if digest != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights_path} is corrupt or was modified: sha256 {digest[:12]}… does not match "
+            f"{meta['weights_sha256'][:12]}… recorded in {CONFIG_NAME}"
+        )
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{weights_path} cannot be read as safetensors (truncated or damaged?): {e}"
+        ) from e
+
+    if meta.get("tokenizer"):
+        tok = meta["tokenizer"]
+        _check_vocab(config, int(tok["vocab_size"]), directory / tok["file"])
+
+    stored_task = meta["task"]
+    task = task or stored_task
+    num_labels = num_labels if num_labels is not None else (meta.get("num_labels") or 2)
+    model = build_model(config, task, num_labels=num_labels)  # type: ignore[arg-type]
+    load_weights(model, state, source=str(weights_path), partial=task != stored_task)
+    return model.to(map_location)
+
+
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, partial: bool = False
+) -> None:
+    """Copy ``state`` into ``model``, checking every name and shape.
+
+    Names are compared with the model's unique (untied) state dict. With ``partial`` (a new
+    task head on a pretrained encoder), only the ``encoder.`` tensors must match: others are
+    ignored on either side. Any problem raises a ``CheckpointError`` listing every tensor.
+    """
+    expected = unique_state_dict(model)
+    if partial:
+        expected = {k: v for k, v in expected.items() if k.startswith("encoder.")}
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in state.items() if k not in expected]
+    problems += [
+        f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems))
+    missing, _ = model.load_state_dict(state, strict=False)
+    # Whatever load_state_dict still calls missing must be a tied alias or a fresh head.
+    tied_or_new = set(model.state_dict()) - set(expected)
+    leftover = [k for k in missing if k not in tied_or_new]
+    if leftover:
+        raise CheckpointError(f"{source}: tensors not loaded: {', '.join(leftover)}")

@@ -1,0 +1,87 @@
+"""The ``ultracram`` command: each subcommand parses its flags and calls one library function.
+
+Subcommands import their library modules lazily so that ``ultracram --help`` is instant.
+Add a subcommand by writing one ``_add_<name>(sub)`` function and listing it in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list model presets with parameter counts and FLOPs per token",
+        description="List every preset: family, parameters (embedding / non-embedding) and forward "
+        "FLOPs per token at the preset's sequence length (formula: ultracram.model.flops_per_token). "
+        "Any ultrafastbert-KxD (K trees of depth D) also works where a preset is asked for.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.report.tables import print_model_table
+
+        print_model_table(as_json=args.json)
+
+    p.set_defaults(func=run)
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="the quick start's main job on the embedded sample data",
+        description="Train a tokenizer on the embedded Wikipedia sample, build a tiny model and run a "
+        "few MLM training steps on CPU, then save a checkpoint.",
+    )
+    p.add_argument("--out", default="out/quickstart", help="output directory (default: %(default)s)")
+    p.add_argument("--preset", default="crammed-bert-tiny", help="model preset (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=60, help="training steps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.quickstart import run_quickstart
+
+        run_quickstart(args.out, preset=args.preset, steps=args.steps, seed=args.seed)
+
+    p.set_defaults(func=run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_models, _add_quickstart]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ultracram import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ultracram",
+        description="Train transformer encoders (BERT, crammedBERT, UltraFastBERT, FNet, Switch) from "
+        "scratch on a small budget, and compare them rigorously. `ultracram CMD --help` explains each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ultracram {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="CMD")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from ultracram.errors import UltracramError
+
+    try:
+        args.func(args)
+    except (UltracramError, FileNotFoundError) as e:
+        print(f"ultracram {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: tokenizers, pretraining corpora and shards, MLM batches, GLUE tasks."""

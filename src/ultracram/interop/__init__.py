@@ -1,0 +1,1 @@
+"""Import and export: Hugging Face BERT, cramming's crammedBERT, UltraFastBERT."""

@@ -1,0 +1,25 @@
+"""Models: plain ``nn.Module``s built from a ``ModelConfig`` by ``build_model``."""
+
+from ultracram.model.build import TASKS, build_model, flops_per_token, init_weights, parameter_counts
+from ultracram.model.encoder import Encoder
+from ultracram.model.feedforward import FastFeedForward
+from ultracram.model.heads import (
+    EncoderForMaskedLM,
+    EncoderForSequenceClassification,
+    ModelOutput,
+    sparse_mlm_loss,
+)
+
+__all__ = [
+    "TASKS",
+    "Encoder",
+    "EncoderForMaskedLM",
+    "EncoderForSequenceClassification",
+    "FastFeedForward",
+    "ModelOutput",
+    "build_model",
+    "flops_per_token",
+    "init_weights",
+    "parameter_counts",
+    "sparse_mlm_loss",
+]
