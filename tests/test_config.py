@@ -41,7 +41,7 @@ def test_presets_and_generic_fff_names():
         assert get_preset(name).name == name
     c = get_preset("ultrafastbert-4x7")
     assert (c.ffn, c.fff_trees, c.fff_depth, c.fff_nodes) == ("fff", 4, 7, 255)
-    with pytest.raises(ConfigError, match="unknown preset 'crammed-bret'.*crammed-bert"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'crammed-bret'.*crammed-bert"):
         get_preset("crammed-bret")
 
 

@@ -70,7 +70,7 @@ def run_quickstart(
                TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("pretraining", total=steps, loss=float("nan"))
-        for step in range(steps):
+        for _ in range(steps):
             batch = data[torch.randint(rows, (batch_size,), generator=gen)]
             ids, labels = mask_tokens(batch, config.mask_rate, mask_token_id=tok.token_to_id("[MASK]"),
                                       vocab_size=config.vocab_size, special_ids=special, generator=gen)  # fmt: skip
