@@ -49,7 +49,24 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_models, _add_quickstart]
+# `ultracram bench <what>`: each benchmark adds itself to BENCH_COMMANDS like a top-level command.
+BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="speed benchmarks (ratios against a reference measured in the same run)",
+        description="Speed benchmarks. Each prints ratios measured within one run and writes JSON; "
+        "`ultracram bench WHAT --help` explains each.",
+    )
+    bench_sub = p.add_subparsers(dest="bench", metavar="WHAT")
+    for add in BENCH_COMMANDS:
+        add(bench_sub)
+    p.set_defaults(func=lambda args: p.print_help())
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_models, _add_quickstart, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
