@@ -1,0 +1,119 @@
+"""The checkpoint format: round trip and clear errors for every kind of bad file (issue 2)."""
+
+import json
+
+import pytest
+import torch
+
+from ultracram.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
+from ultracram.config import get_preset
+from ultracram.data.tokenizer import train_tokenizer
+from ultracram.model import build_model
+
+TEXT = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine"] * 50
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = build_model(get_preset("ultrafastbert-tiny"), "mlm")
+    return model, save_checkpoint(model, tmp_path / "ckpt")
+
+
+def test_round_trip_same_weights_and_outputs(saved):
+    model, path = saved
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert loaded.mlm_head.decoder.weight is loaded.encoder.embeddings.word.weight  # still tied
+    ids = torch.randint(5, 100, (2, 9))
+    torch.testing.assert_close(loaded.eval()(ids).logits, model.eval()(ids).logits)
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert not list(path.parent.glob(".ckpt.tmp-*"))  # the temporary directory is gone
+
+
+def test_mlm_checkpoint_loads_under_a_classification_head(saved):
+    model, path = saved
+    clf = load_checkpoint(path, task="classification", num_labels=3, config_overrides={"dropout": 0.1})
+    assert clf.config.dropout == 0.1
+    torch.testing.assert_close(clf.encoder.layers[1].ffn.linear_in.weight, model.encoder.layers[1].ffn.linear_in.weight)
+
+
+def test_truncated_file(saved):
+    _, path = saved
+    w = path / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    meta = json.loads((path / "config.json").read_text())
+    from ultracram.checkpoint import sha256_file
+
+    meta["weights_sha256"] = sha256_file(w)  # so that the parse, not the checksum, must catch it
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot be read as safetensors"):
+        load_checkpoint(path)
+
+
+def test_tampered_file(saved):
+    _, path = saved
+    w = path / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside a weight: still parses, but the checksum catches it
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or was modified"):
+        load_checkpoint(path)
+
+
+def test_unknown_preset_and_bad_config(saved):
+    _, path = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["name"] = "ultrafastbert-turbo"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unknown preset 'ultrafastbert-turbo'"):
+        load_checkpoint(path)
+    meta["model"]["name"] = "ultrafastbert-tiny"
+    meta["model"]["hidden_dim"] = 3
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unknown key 'hidden_dim'"):
+        load_checkpoint(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_checkpoint_config(path)
+
+
+def test_shape_mismatch_names_the_tensor(saved, tmp_path):
+    _, path = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["fff_depth"] = 4  # the stored tree has depth 5
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"shape mismatch for encoder.layers.0.ffn.linear_in.weight"):
+        load_checkpoint(path)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"has no config\.json"):
+        load_checkpoint(tmp_path / "empty")
+
+
+def test_tokenizer_recorded_and_vocab_mismatch(tmp_path):
+    tok = train_tokenizer(TEXT, vocab_size=60, min_frequency=1)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    model = build_model(get_preset("crammed-bert-tiny").replace(vocab_size=vocab), "mlm")
+    path = save_checkpoint(model, tmp_path / "ok", tokenizer_path=tmp_path / "tokenizer.json")
+    meta = read_checkpoint_config(path)
+    assert meta["tokenizer"]["vocab_size"] == vocab and (path / "tokenizer.json").is_file()
+    wrong = build_model(get_preset("crammed-bert-tiny"), "mlm")
+    with pytest.raises(CheckpointError, match="vocabulary mismatch"):
+        save_checkpoint(wrong, tmp_path / "bad", tokenizer_path=tmp_path / "tokenizer.json")
+    assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def test_overwrite_is_atomic_and_keeps_a_valid_checkpoint(saved):
+    model, path = saved
+    with torch.no_grad():
+        model.encoder.final_norm.weight.fill_(2.0)
+    save_checkpoint(model, path)
+    assert torch.all(load_checkpoint(path).encoder.final_norm.weight == 2.0)
