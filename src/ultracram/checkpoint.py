@@ -184,7 +184,7 @@ def load_checkpoint(
     directory = Path(directory)
     meta = read_checkpoint_config(directory)
     values = dict(meta["model"])
-    if "name" in values and values["name"] not in ("custom",):
+    if values.get("name", "custom") != "custom":
         try:  # the preset must exist, so that a typo'd or foreign preset name is caught
             get_preset(values["name"])
         except ConfigError as e:

@@ -137,7 +137,7 @@ class ModelConfig:
         inconsistent sizes together in one :class:`ConfigError`."""
         known = {f.name for f in dataclasses.fields(cls)}
         problems = [f"unknown key {k!r}" + _suggest(k, known) for k in values if k not in known]
-        merged = {**dataclasses.asdict(_DEFAULT), **{k: v for k, v in values.items() if k in known}}
+        merged = {**_DEFAULTS, **{k: v for k, v in values.items() if k in known}}
         problems += validate_values(merged)
         if problems:
             raise ConfigError(problems, where)
@@ -228,9 +228,7 @@ def masked_token_count(num_tokens: int, mask_rate: float) -> int:
     return max(1, math.ceil(num_tokens * mask_rate))
 
 
-_DEFAULT = ModelConfig.__new__(ModelConfig)
-for _f in dataclasses.fields(ModelConfig):
-    object.__setattr__(_DEFAULT, _f.name, _f.default)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 # --------------------------------------------------------------------------------------------
