@@ -6,11 +6,23 @@
 ``FastFeedForward`` looks its ``implementation`` up here.
 """
 
+from ultracram.kernels.cpu import fff_cpu
 from ultracram.kernels.reference import fff_gather, fff_masked, fff_nodes, fff_paths
+from ultracram.kernels.triton_infer import fff_triton
 
 FFF_IMPLEMENTATIONS = {
     "masked": fff_masked,  # dense reference: every node computed, then masked
     "gather": fff_gather,  # pure PyTorch, only visited nodes; works on every device
+    "cpu": fff_cpu,  # numba kernel, inference only, CPU tensors (kernels/cpu.py)
+    "triton": fff_triton,  # Triton kernel, inference only, CUDA tensors (kernels/triton_infer.py)
 }
 
-__all__ = ["FFF_IMPLEMENTATIONS", "fff_gather", "fff_masked", "fff_nodes", "fff_paths"]
+__all__ = [
+    "FFF_IMPLEMENTATIONS",
+    "fff_cpu",
+    "fff_gather",
+    "fff_masked",
+    "fff_nodes",
+    "fff_paths",
+    "fff_triton",
+]

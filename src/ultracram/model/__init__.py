@@ -9,6 +9,7 @@ from ultracram.model.heads import (
     ModelOutput,
     sparse_mlm_loss,
 )
+from ultracram.model.inference import for_inference
 
 __all__ = [
     "TASKS",
@@ -19,6 +20,7 @@ __all__ = [
     "ModelOutput",
     "build_model",
     "flops_per_token",
+    "for_inference",
     "init_weights",
     "parameter_counts",
     "sparse_mlm_loss",

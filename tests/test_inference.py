@@ -1,0 +1,69 @@
+"""for_inference (issue 6): whole models give the same outputs through the fast FFF path."""
+
+import pytest
+import torch
+
+from ultracram.config import get_preset
+from ultracram.model import FastFeedForward, build_model, for_inference
+from ultracram.model.inference import fastest_fff_implementation, fff_implementations
+
+
+def tiny_fff_model(task, trees=1, depth=5):
+    config = get_preset("ultrafastbert-tiny").replace(fff_trees=trees, fff_depth=depth)
+    torch.manual_seed(0)
+    model = build_model(config, task=task, num_labels=3)
+    with torch.no_grad():  # weights larger than the init: outputs that depend on routing
+        for m in model.modules():
+            if isinstance(m, FastFeedForward):
+                m.linear_in.weight.normal_(0, 0.3)
+                m.linear_in.bias.normal_(0, 0.3)
+                m.linear_out.weight.normal_(0, 0.3)
+    return model
+
+
+def outputs(model, task, ids, mask):
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+    return out if task == "encoder" else out.logits
+
+
+@pytest.mark.parametrize("task", ["mlm", "classification", "encoder"])
+@pytest.mark.parametrize("trees", [1, 3])
+def test_for_inference_keeps_the_outputs(task, trees):
+    model = tiny_fff_model(task, trees=trees)
+    model.train()
+    ids = torch.randint(5, 4096, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    model.eval()
+    before = outputs(model, task, ids, mask)
+    assert set(fff_implementations(model)) == {"masked"}
+
+    same = for_inference(model)
+    assert same is model and not model.training
+    assert fff_implementations(model) == ["cpu"] * model_layers(model)
+    after = outputs(model, task, ids, mask)
+    scale = before.abs().max()
+    assert (after - before).abs().max() <= 1e-5 * scale
+
+
+def model_layers(model):
+    return sum(isinstance(m, FastFeedForward) for m in model.modules())
+
+
+def test_for_inference_runs_without_no_grad_and_refuses_backward():
+    model = for_inference(tiny_fff_model("mlm"))
+    logits = model(torch.randint(5, 4096, (2, 16))).logits  # autograd on: the forward works
+    with pytest.raises(RuntimeError, match="inference-only"):
+        logits.sum().backward()
+
+
+def test_for_inference_leaves_other_models_alone():
+    model = build_model(get_preset("crammed-bert-tiny"), task="mlm")
+    assert for_inference(model) is model and not model.training
+
+
+def test_fastest_implementation_per_device():
+    assert fastest_fff_implementation("cpu") == "cpu"
+    assert fastest_fff_implementation("meta") == "gather"
+    assert fastest_fff_implementation("cuda") in ("triton", "gather")
