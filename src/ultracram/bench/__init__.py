@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks; every ratio is measured within one run."""
