@@ -1,0 +1,346 @@
+"""``TrainingSetup``: the parts of an MLM training loop that the doctor checks, each replaceable.
+
+A preflight check never reaches into a training script; it calls these parts. Tests plant a bug
+by replacing one part (``dataclasses.replace(setup, loss_fn=buggy)``) and assert that the right
+check fails. ``default_setup`` builds the parts ultracram's own pretraining uses.
+
+Shapes: B batch, T sequence, V vocabulary, k masked positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ultracram.config import IGNORE_INDEX, ModelConfig, get_preset
+from ultracram.errors import UltracramError
+
+
+class DoctorError(UltracramError, ValueError):
+    """Bad doctor input (unknown override key, unreadable data); the message names it."""
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the checks need to know about the tokenizer."""
+
+    vocab_size: int
+    pad_id: int = 0
+    unk_id: int = 1
+    cls_id: int = 2
+    sep_id: int = 3
+    mask_id: int = 4
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+
+
+@dataclass
+class RawBatch:
+    """Unmasked token ids (B, T) with [CLS] ... [SEP] and right padding; mask (B, T), 1 = real."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """A masked batch: ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B, T) with
+    IGNORE_INDEX except at masked positions; ``original_ids`` are the ids before masking."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    original_ids: torch.Tensor
+
+
+# The replaceable parts, with the signatures the checks call.
+ModelFactory = Callable[[ModelConfig], nn.Module]  # config -> freshly initialised MLM model
+RawBatchFn = Callable[[int], RawBatch]  # step -> unmasked batch (deterministic in step)
+MaskFn = Callable[
+    [torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]
+]  # ids -> (input, labels)
+ForwardFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]  # -> (logits (k, V), labels (k,))
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (k, V), labels (k,)) -> scalar
+OptimizerFactory = Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+TrainStep = Callable[["TrainingSetup", nn.Module, torch.optim.Optimizer, Batch], float]
+
+
+def mlm_forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits and the labels they predict (sparse heads return k rows)."""
+    out = model(batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    labels = out.labels if out.labels is not None else batch.labels
+    return out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on raw logits over the labelled positions."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+
+
+def adamw(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """cramming's optimizer: AdamW, betas (0.9, 0.98), eps 1e-12, weight decay 0.01."""
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01)
+
+
+def standard_train_step(
+    setup: TrainingSetup, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch
+) -> float:
+    """zero_grad, forward, loss, backward, clip to 0.5 (cramming), step. Returns the loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = setup.compute_loss(model, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    optimizer.step()
+    return float(loss.detach())
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a preflight check needs, as replaceable parts (see the module docstring)."""
+
+    config: ModelConfig
+    tokenizer: TokenizerInfo
+    raw_batch_fn: RawBatchFn
+    mask_fn: MaskFn
+    model_factory: ModelFactory = field(default=lambda config: _build_mlm(config))
+    forward_fn: ForwardFn = mlm_forward
+    loss_fn: LossFn = mlm_loss
+    optimizer_factory: OptimizerFactory = adamw
+    train_step: TrainStep = standard_train_step
+    lr: float = 1e-3
+    """Peak learning rate the run will use."""
+    seed: int = 0
+    data_sample_fn: Callable[[str], list[list[int]]] | None = None
+    """split ("train" / "validation") -> a sample of token-id sequences, for the data checks."""
+    description: str = ""
+
+    def make_batch(self, step: int) -> Batch:
+        """The masked batch of ``step``; masking randomness comes from (seed, step)."""
+        raw = self.raw_batch_fn(step)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        input_ids, labels = self.mask_fn(raw.ids, gen)
+        return Batch(input_ids, raw.attention_mask, labels, raw.ids)
+
+    def build_model(self, seed: int | None = None) -> nn.Module:
+        torch.manual_seed(self.seed if seed is None else seed)
+        return self.model_factory(self.config)
+
+    def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits, labels = self.forward_fn(model, batch)
+        return self.loss_fn(logits, labels)
+
+    def replace(self, **changes: Any) -> TrainingSetup:
+        return dataclasses.replace(self, **changes)
+
+
+def _build_mlm(config: ModelConfig) -> nn.Module:
+    from ultracram.model import build_model
+
+    return build_model(config, "mlm")
+
+
+def standard_mask_fn(config: ModelConfig, tok: TokenizerInfo) -> MaskFn:
+    """ultracram's collator (``ultracram.data.mlm.mask_tokens``) with the config's mask rate."""
+    from ultracram.data.mlm import mask_tokens
+
+    def mask(ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_tokens(ids, config.mask_rate, mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
+                           special_ids=tok.special_ids, generator=gen)  # fmt: skip
+
+    return mask
+
+
+def rows_batch_fn(
+    rows: Sequence[Sequence[int]], tok: TokenizerInfo, *, batch_size: int, seq_len: int, seed: int
+) -> RawBatchFn:
+    """Batches of ``[CLS] row [SEP]`` with right padding. Row lengths vary (half to full length)
+    so that every batch exercises the attention mask."""
+    if not rows:
+        raise DoctorError("no training sequences to build batches from")
+
+    def fn(step: int) -> RawBatch:
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        pick = torch.randint(len(rows), (batch_size,), generator=g).tolist()
+        ids = torch.full((batch_size, seq_len), tok.pad_id, dtype=torch.long)
+        body = seq_len - 2
+        lengths = torch.randint(body // 2, body + 1, (batch_size,), generator=g).tolist()
+        lengths[0] = body  # one full row per batch
+        for b, (r, n) in enumerate(zip(pick, lengths)):
+            seq = list(rows[r][:n])
+            row = [tok.cls_id, *seq, tok.sep_id]
+            ids[b, : len(row)] = torch.tensor(row)
+        return RawBatch(ids, (ids != tok.pad_id).long())
+
+    return fn
+
+
+def _tokenizer_info(tokenizer: Any) -> TokenizerInfo:
+    def tid(name: str, default: int) -> int:
+        i = tokenizer.token_to_id(name)
+        return default if i is None else i
+
+    return TokenizerInfo(vocab_size=tokenizer.get_vocab_size(), pad_id=tid("[PAD]", 0),
+                         unk_id=tid("[UNK]", 1), cls_id=tid("[CLS]", 2), sep_id=tid("[SEP]", 3),
+                         mask_id=tid("[MASK]", 4))  # fmt: skip
+
+
+# Setup fields that ``--set`` may change besides the model config.
+SETUP_KEYS = {"lr": float, "seed": int, "batch_size": int, "seq_len": int}
+
+
+def parse_overrides(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``key=value`` strings -> (model config overrides, setup overrides). Values are parsed
+    as int, float, bool (true/false) or left as strings; every bad item is reported at once."""
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    model: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            problems.append(f"--set {item!r}: expected key=value")
+            continue
+        value = _parse_value(raw.strip())
+        if key in SETUP_KEYS:
+            try:
+                other[key] = SETUP_KEYS[key](value)
+            except (TypeError, ValueError):
+                problems.append(f"--set {key}: expected {SETUP_KEYS[key].__name__}, got {raw!r}")
+        elif key in model_keys:
+            model[key] = value
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(model_keys | set(SETUP_KEYS)), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"--set {key}: unknown key{hint}; model config fields or {', '.join(SETUP_KEYS)}")
+    if problems:
+        raise DoctorError("bad overrides:\n" + "\n".join(f"  - {p}" for p in problems))
+    return model, other
+
+
+def _parse_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _split_rows(rows: list[list[int]], valid_fraction: float = 0.05) -> tuple[list, list]:
+    """Deterministic train/validation split by a hash of each row (as a pipeline would)."""
+    train, valid = [], []
+    for r in rows:
+        h = int(hashlib.blake2b(str(r[:32]).encode(), digest_size=4).hexdigest(), 16)
+        (valid if h % 1000 < valid_fraction * 1000 else train).append(r)
+    return train, valid
+
+
+def default_setup(
+    preset: str = "crammed-bert-tiny",
+    *,
+    data: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    seq_len: int = 64,
+    seed: int = 0,
+) -> TrainingSetup:
+    """The setup ultracram's pretraining uses, on ``data`` or on the embedded sample.
+
+    Without ``data``, a WordPiece tokenizer sized to the preset's vocabulary is trained on the
+    embedded Wikipedia sample (a few seconds); if the sample cannot fill that vocabulary, the
+    model's ``vocab_size`` is set to the tokenizer's (as the quick start does).
+    With ``data`` (a token-shard directory from ``ultracram.data.corpus``), ``tokenizer`` is the
+    tokenizer.json the shards were made with (default: ``data/tokenizer.json``).
+    """
+    overrides = dict(overrides or {})
+    config = get_preset(preset, **overrides)
+    seq_len = min(seq_len, config.max_seq_len)
+    if data is None:
+        from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
+        from ultracram.quickstart import read_sample_paragraphs
+
+        paragraphs = read_sample_paragraphs()
+        tok = (
+            load_tokenizer(tokenizer)
+            if tokenizer
+            else train_tokenizer(paragraphs, vocab_size=config.vocab_size)
+        )
+        info = _tokenizer_info(tok)
+        if tokenizer is None and info.vocab_size != config.vocab_size and "vocab_size" not in overrides:
+            config = config.replace(vocab_size=info.vocab_size)
+        rows = [e.ids for e in tok.encode_batch(paragraphs, add_special_tokens=False) if e.ids]
+        # Long paragraphs are cut into seq_len windows so a batch is not all one article.
+        body = seq_len - 2
+        rows = [r[i : i + body] for r in rows for i in range(0, len(r), body) if len(r[i : i + body]) > 4]
+        train_rows, valid_rows = _split_rows(rows)
+        description = f"{preset} on the embedded Wikipedia sample ({len(rows)} windows)"
+    else:
+        train_rows, valid_rows, info, description = _shard_rows(Path(data), tokenizer, seq_len)
+    samples = {"train": train_rows, "validation": valid_rows}
+    return TrainingSetup(
+        config=config,
+        tokenizer=info,
+        raw_batch_fn=rows_batch_fn(train_rows, info, batch_size=batch_size, seq_len=seq_len, seed=seed),
+        mask_fn=standard_mask_fn(config, info),
+        lr=lr,
+        seed=seed,
+        data_sample_fn=lambda split: samples[split][:4000],
+        description=description,
+    )
+
+
+def _shard_rows(data: Path, tokenizer: str | Path | None, seq_len: int):
+    """Rows of token ids sampled from token shards (``ultracram.data.corpus.TokenShards``)."""
+    from ultracram.data.tokenizer import load_tokenizer
+
+    tok_path = Path(tokenizer) if tokenizer else data / "tokenizer.json"
+    if not tok_path.exists():
+        raise DoctorError(f"--data {data}: no tokenizer at {tok_path}; pass --tokenizer PATH")
+    info = _tokenizer_info(load_tokenizer(tok_path))
+    try:
+        from ultracram.data.corpus import TokenShards  # the data pipeline (issue: data)
+    except ImportError as e:  # pragma: no cover - depends on the data pipeline being installed
+        raise DoctorError(f"--data needs ultracram.data.corpus.TokenShards: {e}") from e
+    out = {}
+    for split in ("train", "validation"):
+        try:
+            shards = TokenShards(data, split=split)
+        except TypeError:
+            shards = TokenShards(data) if split == "train" else None
+        except Exception as e:
+            if split == "validation":
+                out[split] = []
+                continue
+            raise DoctorError(f"--data {data}: cannot open {split} shards: {e}") from e
+        out[split] = _sample_windows(shards, seq_len - 2, 4000) if shards is not None else []
+    return out["train"], out["validation"], info, f"shards {data}"
+
+
+def _sample_windows(shards: Any, length: int, count: int) -> list[list[int]]:
+    """Up to ``count`` windows of ``length`` tokens spread evenly over a shard set."""
+    total = len(shards)
+    if total == 0:
+        return []
+    if hasattr(shards, "window"):
+        n = max(1, min(count, total // max(length, 1)))
+        return [list(map(int, shards.window(i * (total // n), length))) for i in range(n)]
+    rows = [list(map(int, shards[i])) for i in range(min(count, total))]
+    return [r[:length] for r in rows]

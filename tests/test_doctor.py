@@ -1,0 +1,122 @@
+"""Preflight checks: a correct setup passes everything; each planted bug is named by its check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ultracram.config import IGNORE_INDEX
+from ultracram.data.mlm import mask_tokens
+from ultracram.doctor.checks import FAIL, PASS, DoctorOptions, run_checks, run_preflight
+from ultracram.doctor.setup import default_setup, parse_overrides, standard_mask_fn
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return default_setup("crammed-bert-tiny", seq_len=64, batch_size=8)
+
+
+def _only(setup, name, **opts):
+    [result] = run_checks(setup, DoctorOptions(**opts), only=[name])
+    return result
+
+
+def test_correct_setup_passes_every_check(setup, tmp_path):
+    results = run_preflight(setup=setup, out_dir=tmp_path)
+    bad = [(r.name, r.status, r.reason) for r in results if r.status != PASS]
+    assert not bad, bad
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    assert {r["name"] for r in report["results"]} >= {"labels", "overfit", "lr_range", "mixed_precision"}
+    assert (tmp_path / "lr_range.png").stat().st_size > 1000
+
+
+def test_labels_shifted_by_one(setup):
+    good = standard_mask_fn(setup.config, setup.tokenizer)
+
+    def shifted(ids, gen):
+        inputs, labels = good(ids, gen)
+        return inputs, torch.roll(labels, 1, dims=1)  # causal-LM habit: label of the previous position
+
+    r = _only(setup.replace(mask_fn=shifted), "labels")
+    assert r.status == FAIL and "shifted by" in r.reason, r.reason
+
+
+def test_learning_rate_100x_too_high(setup):
+    r = _only(setup.replace(lr=setup.lr * 100), "lr_range")
+    assert r.status == FAIL and "learning rate too high" in r.reason, r.reason
+
+
+def test_embeddings_frozen(setup):
+    def frozen(config):
+        model = setup.model_factory(config)
+        model.encoder.embeddings.word.weight.requires_grad_(False)
+        return model
+
+    r = _only(setup.replace(model_factory=frozen), "gradients")
+    assert r.status == FAIL and "embeddings frozen" in r.reason, r.reason
+    assert "encoder.embeddings.word.weight" in r.reason
+
+
+def test_special_tokens_masked(setup):
+    tok = setup.tokenizer
+
+    def careless(ids, gen):  # forgets to exclude [CLS]/[SEP]/[PAD]
+        return mask_tokens(ids, setup.config.mask_rate, mask_token_id=tok.mask_id,
+                           vocab_size=tok.vocab_size, special_ids=(), generator=gen)  # fmt: skip
+
+    r = _only(setup.replace(mask_fn=careless), "special_tokens")
+    assert r.status == FAIL and "special tokens masked" in r.reason, r.reason
+
+
+def test_attention_mask_polarity_inverted(setup):
+    def inverted(model, batch):
+        out = model(batch.input_ids, attention_mask=1 - batch.attention_mask, labels=batch.labels)
+        return out.logits, out.labels
+
+    r = _only(setup.replace(forward_fn=inverted), "padding")
+    assert r.status == FAIL and "polarity inverted" in r.reason, r.reason
+
+
+def test_softmax_before_cross_entropy(setup):
+    def double_softmax(logits, labels):
+        return F.cross_entropy(logits.float().softmax(-1), labels, ignore_index=IGNORE_INDEX)
+
+    r = _only(setup.replace(loss_fn=double_softmax), "loss_function")
+    assert r.status == FAIL and "softmax applied before the cross-entropy" in r.reason, r.reason
+
+
+def test_gradients_never_zeroed(setup):
+    def no_zero_grad(s, model, optimizer, batch):
+        loss = s.compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    r = _only(setup.replace(train_step=no_zero_grad), "grad_zeroing")
+    assert r.status == FAIL and "never zeroed" in r.reason, r.reason
+
+
+def test_tokenizer_model_vocab_mismatch(setup):
+    r = _only(setup.replace(config=setup.config.replace(vocab_size=2048)), "vocab")
+    assert r.status == FAIL and "vocabulary mismatch" in r.reason, r.reason
+    assert "4096" in r.reason and "2048" in r.reason
+
+
+def test_crashing_check_is_reported_not_raised(setup):
+    def broken(model, batch):
+        raise RuntimeError("boom")
+
+    r = _only(setup.replace(forward_fn=broken), "init_loss")
+    assert r.status == FAIL and "crashed" in r.reason and "boom" in r.reason
+
+
+def test_overrides_parse_and_report_every_problem():
+    model, other = parse_overrides(["num_layers=1", "lr=3e-4", "mask_rate=0.15"])
+    assert model == {"num_layers": 1, "mask_rate": 0.15} and other == {"lr": 3e-4}
+    with pytest.raises(ValueError) as e:
+        parse_overrides(["num_layer=1", "lr=abc", "oops"])
+    msg = str(e.value)
+    assert "did you mean 'num_layers'" in msg and "lr" in msg and "oops" in msg
