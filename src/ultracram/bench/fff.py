@@ -1,0 +1,305 @@
+"""Speed of FFF inference: one layer (``bench_ffn``) and a whole encoder (``bench_model``).
+
+Every number that is compared is measured in the same run, on the same inputs, right after
+the outputs of each fast path were checked against the masked dense reference. Times are the
+minimum over repeated timed batches (the least disturbed one; the machine may be shared) and
+the median is recorded next to it.
+
+``bench_ffn``: tokens x threads x path, paths being the FFF layer through each implementation
+(``masked`` reference, ``gather``, the ``cpu`` kernel; ``triton`` on CUDA), a dense FFN of the
+same width (H -> 4095 -> H through torch) and crammed-bert's gated FFN (H -> 3072 GLU -> H).
+``bench_model``: an UltraFastBERT encoder through ``for_inference`` vs the same encoder through
+the masked reference vs crammed-bert, at one sequence length and several batch sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ultracram.config import get_preset
+from ultracram.kernels import FFF_IMPLEMENTATIONS
+from ultracram.kernels.cpu import set_num_threads
+from ultracram.model.feedforward import DenseFeedForward, FastFeedForward, GatedFeedForward
+
+FFN_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+FFN_TOKENS_QUICK = (1, 64, 1024)
+# Outputs of fast paths must match the masked reference within this, relative to its scale.
+TOLERANCE = 1e-5
+
+
+def all_threads() -> int:
+    """Cores this process may use (what ``torch``/``numba`` use by default)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def time_call(fn: Callable[[], Any], min_time: float, min_batches: int = 3) -> dict[str, float]:
+    """Seconds per call of ``fn``: calls are timed in batches of at least ~1 ms (so that the
+    timer's own cost vanishes for microsecond calls) until ``min_time`` has passed."""
+    fn()  # warm up: first-call compilation, caches, allocator
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= 1e-3 or calls >= 2**16:
+            break
+        calls *= 2
+    per_call = [elapsed / calls]
+    spent = elapsed
+    while spent < min_time or len(per_call) < min_batches:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        per_call.append(elapsed / calls)
+    return {"min_s": min(per_call), "median_s": statistics.median(per_call), "batches": len(per_call)}
+
+
+def _relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
+
+
+def _machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": all_threads(),
+            "torch": torch.__version__, "load_average": load}  # fmt: skip
+
+
+def ffn_layers(
+    hidden: int = 768, depth: int = 11, trees: int = 1, seed: int = 0
+) -> dict[str, torch.nn.Module]:
+    """The layers ``bench_ffn`` compares, with N(0, 0.02) weights (BERT's init), in eval mode.
+
+    ``fff``: UltraFastBERT's FFF (K trees of depth D); ``dense``: H -> K*(2^(D+1)-1) -> H,
+    the dense layer of the same width; ``glu``: crammed-bert's gated FFN (H -> 3072 -> H).
+    """
+    torch.manual_seed(seed)
+    fff_config = get_preset("ultrafastbert-1x11").replace(
+        hidden_size=hidden, fff_depth=depth, fff_trees=trees
+    )
+    width = trees * fff_config.fff_nodes
+    layers = {
+        "fff": FastFeedForward(fff_config),
+        "dense": DenseFeedForward(fff_config.replace(ffn="dense", intermediate_size=width)),
+        "glu": GatedFeedForward(get_preset("crammed-bert").replace(hidden_size=hidden)),
+    }
+    with torch.no_grad():
+        for layer in layers.values():
+            for p in layer.parameters():
+                p.normal_(0.0, 0.02)
+            layer.eval()
+    return layers
+
+
+def _ffn_calls(layers: dict[str, torch.nn.Module], x: torch.Tensor, fast: str) -> dict[str, Callable]:
+    """One zero-argument call per path, all on the same input x (T, H)."""
+    fff = layers["fff"]
+    w = (fff.linear_in.weight, fff.linear_in.bias, fff.linear_out.weight)
+
+    def fff_call(impl: str) -> Callable[[], torch.Tensor]:
+        fn = FFF_IMPLEMENTATIONS[impl]
+        return lambda: fn(x, *w, fff.depth, fff.trees, fff.act)
+
+    calls = {impl: fff_call(impl) for impl in ("masked", "gather", fast)}
+    calls["dense"] = lambda: layers["dense"](x)
+    calls["glu"] = lambda: layers["glu"](x)
+    return calls
+
+
+def bench_ffn(
+    tokens: Sequence[int] = FFN_TOKENS,
+    threads: Sequence[int] | None = None,
+    depth: int = 11,
+    hidden: int = 768,
+    min_time: float = 0.3,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Latency of one feedforward layer per path, tokens x threads; returns (and writes to
+    ``out`` as JSON) the times, the output checks and the speed-ups over dense and GLU.
+
+    Args:
+        tokens: batch sizes in tokens.
+        threads: thread counts (torch and numba); default 1 and all cores.
+        depth: FFF tree depth (the dense baseline has the same 2^(depth+1)-1 width).
+        hidden: hidden size.
+        min_time: seconds of timing per measurement (after one warm-up call).
+        device: ``cpu`` or ``cuda`` (fast path: the cpu kernel or the Triton one).
+        out: JSON file to write.
+        plot: PNG file to write (time per call vs tokens).
+    """
+    threads = list(threads or sorted({1, all_threads()}))
+    layers = {name: m.to(device) for name, m in ffn_layers(hidden, depth, seed=seed).items()}
+    fff = layers["fff"]
+    fast = "triton" if device == "cuda" else "cpu"
+    paths = ["masked", "gather", fast, "dense", "glu"]
+    results, ratios, checks = [], [], []
+    machine = _machine()
+    for n_threads in threads:
+        set_num_threads(n_threads)
+        for n in tokens:
+            x = torch.randn(n, hidden, device=device)
+            calls = _ffn_calls(layers, x, fast)
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            times = {}
+            with torch.no_grad():
+                ref = calls["masked"]()
+                for impl in ("gather", fast):
+                    err = _relative_error(calls[impl](), ref)
+                    checks.append({"threads": n_threads, "tokens": n, "path": impl, "relative_error": err,
+                                   "ok": err <= TOLERANCE})  # fmt: skip
+                for path in paths:
+                    t = time_call(lambda f=calls[path], sync=sync: (f(), sync()), min_time)
+                    times[path] = t
+                    results.append({"threads": n_threads, "tokens": n, "path": path, **t,
+                                    "tokens_per_s": n / t["min_s"]})  # fmt: skip
+            row = {"threads": n_threads, "tokens": n}
+            for base in ("dense", "glu", "masked"):
+                for impl in ("gather", fast):
+                    row[f"{impl}_vs_{base}"] = times[base]["min_s"] / times[impl]["min_s"]
+            ratios.append(row)
+            print(
+                f"threads {n_threads:2d} tokens {n:5d}: " + "  ".join(
+                    f"{p} {times[p]['min_s'] * 1e6:9.1f}us" for p in paths
+                ) + f"  | {fast} vs dense {row[f'{fast}_vs_dense']:6.1f}x, vs glu {row[f'{fast}_vs_glu']:6.1f}x",
+                flush=True,
+            )  # fmt: skip
+    set_num_threads(all_threads())
+    report = {
+        "benchmark": "ffn",
+        "config": {"hidden": hidden, "depth": depth, "trees": 1, "dense_width": fff.linear_in.out_features,
+                   "glu_width": layers["glu"].dense_in.out_features, "device": device, "dtype": "float32",
+                   "min_time_s": min_time, "timing": "min over timed batches; median recorded"},
+        "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "results": results,
+        "ratios": ratios,
+        "checks": checks,
+        "all_outputs_match": all(c["ok"] for c in checks),
+    }  # fmt: skip
+    _write(report, out)
+    if plot:
+        plot_ffn(report, plot)
+    return report
+
+
+def bench_model(
+    batches: Sequence[int] = (1, 32),
+    seq_len: int = 128,
+    threads: Sequence[int] | None = None,
+    preset: str = "ultrafastbert-1x11",
+    baseline: str = "crammed-bert",
+    min_time: float = 1.0,
+    out: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Throughput of a whole encoder (hidden states; no MLM head) on CPU: ``preset`` through
+    ``for_inference`` vs the same weights through the masked reference vs ``baseline``.
+
+    The fast model's hidden states are checked against the reference's in the same run:
+    ``max_relative_error`` over all hidden states, and ``tokens_off`` counts tokens whose
+    hidden state differs by more than 1e-4 of the scale (a routing decision flipped by a
+    logit within rounding of zero; see kernels/cpu.py).
+    """
+    from ultracram.model import build_model, for_inference
+
+    threads = list(threads or [all_threads()])
+    torch.manual_seed(seed)
+    fast = build_model(get_preset(preset), task="encoder").eval()
+    reference = build_model(get_preset(preset), task="encoder").eval()
+    reference.load_state_dict(fast.state_dict())
+    for_inference(fast)
+    base = build_model(get_preset(baseline), task="encoder").eval()
+    models = {"fff_fast": fast, "fff_masked": reference, baseline: base}
+    vocab = fast.config.vocab_size
+    results, ratios, checks = [], [], []
+    machine = _machine()
+    for n_threads in threads:
+        set_num_threads(n_threads)
+        for batch in batches:
+            ids = torch.randint(5, vocab, (batch, seq_len))
+            times = {}
+            with torch.no_grad():
+                got, ref = fast(ids), reference(ids)
+                scale = ref.abs().max()
+                diff = (got - ref).abs().amax(-1)  # (B, T)
+                checks.append({"threads": n_threads, "batch": batch,
+                               "max_relative_error": float(diff.max() / scale),
+                               "tokens_off": int((diff > 1e-4 * scale).sum()), "tokens": batch * seq_len})  # fmt: skip
+                for name, model in models.items():
+                    t = time_call(lambda model=model, ids=ids: model(ids), min_time, min_batches=2)
+                    times[name] = t
+                    results.append({"threads": n_threads, "batch": batch, "seq_len": seq_len, "model": name,
+                                    **t, "tokens_per_s": batch * seq_len / t["min_s"]})  # fmt: skip
+            row = {"threads": n_threads, "batch": batch,
+                   "fast_vs_masked": times["fff_masked"]["min_s"] / times["fff_fast"]["min_s"],
+                   f"fast_vs_{baseline}": times[baseline]["min_s"] / times["fff_fast"]["min_s"]}  # fmt: skip
+            ratios.append(row)
+            print(
+                f"threads {n_threads:2d} batch {batch:3d} x {seq_len}: "
+                + "  ".join(f"{m} {times[m]['min_s'] * 1e3:8.1f}ms" for m in models)
+                + f"  | fast vs masked {row['fast_vs_masked']:.2f}x, vs {baseline} "
+                f"{row[f'fast_vs_{baseline}']:.2f}x; max rel err {checks[-1]['max_relative_error']:.1e}",
+                flush=True,
+            )
+    set_num_threads(all_threads())
+    report = {
+        "benchmark": "model",
+        "config": {"preset": preset, "baseline": baseline, "seq_len": seq_len, "batches": list(batches),
+                   "dtype": "float32", "min_time_s": min_time, "output": "encoder hidden states",
+                   "timing": "min over timed batches; median recorded"},
+        "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "results": results,
+        "ratios": ratios,
+        "checks": checks,
+    }  # fmt: skip
+    _write(report, out)
+    return report
+
+
+def _write(report: dict[str, Any], out: str | Path | None) -> None:
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+        print(f"wrote {path}")
+
+
+def plot_ffn(report: dict[str, Any], path: str | Path) -> None:
+    """Time per call vs tokens, one panel per thread count, one line per path (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({r["threads"] for r in report["results"]})
+    fig, axes = plt.subplots(1, len(threads), figsize=(5.5 * len(threads), 4), squeeze=False, sharey=True)
+    for ax, n_threads in zip(axes[0], threads):
+        rows = [r for r in report["results"] if r["threads"] == n_threads]
+        for p in dict.fromkeys(r["path"] for r in rows):
+            pts = [(r["tokens"], r["min_s"] * 1e6) for r in rows if r["path"] == p]
+            ax.plot(*zip(*pts), marker="o", ms=3, label=p)
+        ax.set(xscale="log", yscale="log", xlabel="tokens", title=f"{n_threads} thread(s)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("time per call (us)")
+    axes[0][-1].legend()
+    cfg = report["config"]
+    fig.suptitle(f"FFN layer, hidden {cfg['hidden']}: FFF depth {cfg['depth']} vs dense {cfg['dense_width']} "
+                 f"and GLU {cfg['glu_width']} ({cfg['dtype']})")  # fmt: skip
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"wrote {path}")
