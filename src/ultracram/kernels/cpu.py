@@ -119,10 +119,9 @@ def _write_rows(o, acts, rows, count, w_rows, accumulate):
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
 def _walk4(x, w_in, b_in, w_rows, base, levels, code, t0, out, acts, rows, ends, accumulate):
-    """Walk tokens t0..t0+3 (clamped to the last) down ``levels`` levels of the tree whose
-    first row is ``base``; add their outputs to ``out`` and leave their nodes in ``ends``."""
-    T = x.shape[0]
-    t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
+    """Walk tokens t0..t0+3 down ``levels`` levels of the tree whose first row is ``base``;
+    add their outputs to ``out`` and leave their nodes in ``ends``."""
+    t1, t2, t3 = t0 + 1, t0 + 2, t0 + 3
     x0, x1, x2, x3 = x[t0], x[t1], x[t2], x[t3]
     n0 = n1 = n2 = n3 = 0
     for i in range(levels):
@@ -135,8 +134,27 @@ def _walk4(x, w_in, b_in, w_rows, base, levels, code, t0, out, acts, rows, ends,
         n0, n1 = 2 * n0 + (2 if z0 > 0 else 1), 2 * n1 + (2 if z1 > 0 else 1)
         n2, n3 = 2 * n2 + (2 if z2 > 0 else 1), 2 * n3 + (2 if z3 > 0 else 1)
     ends[0], ends[1], ends[2], ends[3] = n0, n1, n2, n3
-    for lane in range(min(4, T - t0)):
+    for lane in range(4):
         _write_rows(out[t0 + lane], acts[lane], rows[lane], levels, w_rows, accumulate)
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _walk1(x, w_in, b_in, w_rows, base, levels, code, t, out, acts, rows, accumulate):
+    """``_walk4`` for one token (the remainder of a block); returns its node."""
+    xt = x[t]
+    node = 0
+    for i in range(levels):
+        r = base + node
+        z = np.float32(0.0)
+        w = w_in[r]
+        for j in range(xt.shape[0]):
+            z += xt[j] * w[j]
+        z += b_in[r]
+        acts[0, i] = _activate(z, code)
+        rows[0, i] = r
+        node = 2 * node + (2 if z > 0 else 1)
+    _write_rows(out[t], acts[0], rows[0], levels, w_rows, accumulate)
+    return node
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
@@ -145,10 +163,12 @@ def _walk_range(x, w_in, b_in, w_rows, base, levels, code, start, stop, out, nod
     acts = np.empty((4, max(levels, 1)), np.float32)
     rows = np.empty((4, max(levels, 1)), np.int64)
     ends = np.empty(4, np.int64)
-    for t0 in range(start, stop, 4):
+    full = start + (stop - start) // 4 * 4
+    for t0 in range(start, full, 4):
         _walk4(x, w_in, b_in, w_rows, base, levels, code, t0, out, acts, rows, ends, accumulate)
-        for lane in range(min(4, stop - t0)):
-            node[t0 + lane] = ends[lane]
+        node[t0 : t0 + 4] = ends
+    for t in range(full, stop):
+        node[t] = _walk1(x, w_in, b_in, w_rows, base, levels, code, t, out, acts, rows, accumulate)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -194,10 +214,17 @@ def _weights(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> tup
 
 def _run(x: torch.Tensor, w_in, b_in, w_out, depth: int, trees: int, code: int) -> torch.Tensor:
     w, b, w_rows = _weights(w_in, b_in, w_out)
-    xs = x.detach().contiguous().numpy()  # (T, H); a copy only for non-contiguous views
+    if x.requires_grad:  # no_grad mode with a leaf that requires grad
+        x = x.detach()
+    xs = (x if x.is_contiguous() else x.contiguous()).numpy()  # (T, H); copies only strided views
     out = np.empty_like(xs)
-    kernel = _fff_parallel if xs.shape[0] >= PARALLEL_MIN_TOKENS else _fff_serial
-    kernel(xs, w, b, w_rows, depth, trees, code, out)
+    if xs.shape[0] < PARALLEL_MIN_TOKENS:
+        _fff_serial(xs, w, b, w_rows, depth, trees, code, out)
+    else:
+        # Dynamic scheduling, one block at a time: on a shared machine a thread whose core is
+        # busy takes fewer blocks instead of holding up the others.
+        with numba.parallel_chunksize(1):
+            _fff_parallel(xs, w, b, w_rows, depth, trees, code, out)
     return torch.from_numpy(out)
 
 
@@ -210,7 +237,7 @@ class InferenceOnly(torch.autograd.Function):
     def forward(ctx, name, run, *args):
         ctx.name = name
         with torch.no_grad():
-            return run(*args)
+            return run(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
 
     @staticmethod
     def backward(ctx, *grads):
