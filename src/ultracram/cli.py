@@ -66,7 +66,53 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help())
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="convert a published checkpoint (HF BERT, crammedBERT, UltraFastBERT) into an ultracram one",
+        description="Convert a local checkpoint directory (config.json + model.safetensors or "
+        "pytorch_model.bin, read with torch.load(weights_only=True)) into an ultracram checkpoint. "
+        "Formats: hf-bert (BertForMaskedLM -> bert-base architecture with its MLM head), cramming "
+        "(crammedBERT -> crammed-bert; UltraFastBERT, intermed_type fff -> ultrafastbert-KxD), "
+        "hf-ultracram (a directory written by `ultracram export`). Every tensor is mapped explicitly; "
+        "missing, unused or mis-shaped tensors are errors. No network access.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="checkpoint directory to convert")
+    p.add_argument("--out", required=True, help="ultracram checkpoint directory to write")
+    p.add_argument("--format", default="auto", choices=["auto", "hf-bert", "cramming", "hf-ultracram"],
+                   help="source format (default: %(default)s, detected from config.json)")  # fmt: skip
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.interop.importer import import_checkpoint
+
+        print(import_checkpoint(args.source, args.out, format=args.format))
+
+    p.set_defaults(func=run)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an ultracram checkpoint as a Hugging Face transformers directory",
+        description="Write a checkpoint as a directory that transformers loads offline: bert-* models as "
+        "a native BertForMaskedLM / BertForSequenceClassification, every other model with a "
+        "self-contained modeling_ultracram.py (load with trust_remote_code=True through AutoModel, "
+        "AutoModelForMaskedLM or AutoModelForSequenceClassification). The tokenizer is included.",
+    )
+    p.add_argument("--checkpoint", required=True, help="ultracram checkpoint directory")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--format", default="hf", choices=["hf"], help="output format (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.interop.export import export_checkpoint
+
+        print(export_checkpoint(args.checkpoint, args.out, format=args.format))
+
+    p.set_defaults(func=run)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_models, _add_quickstart, _add_bench]
+COMMANDS += [_add_import, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
