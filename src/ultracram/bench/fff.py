@@ -86,13 +86,13 @@ def ffn_layers(
     """
     torch.manual_seed(seed)
     fff_config = get_preset("ultrafastbert-1x11").replace(
-        hidden_size=hidden, fff_depth=depth, fff_trees=trees
+        hidden_size=hidden, num_heads=1, fff_depth=depth, fff_trees=trees
     )
     width = trees * fff_config.fff_nodes
     layers = {
         "fff": FastFeedForward(fff_config),
         "dense": DenseFeedForward(fff_config.replace(ffn="dense", intermediate_size=width)),
-        "glu": GatedFeedForward(get_preset("crammed-bert").replace(hidden_size=hidden)),
+        "glu": GatedFeedForward(get_preset("crammed-bert").replace(hidden_size=hidden, num_heads=1)),
     }
     with torch.no_grad():
         for layer in layers.values():

@@ -1,0 +1,46 @@
+"""The FFF speed benchmarks (issue 6) on tiny sizes: they check outputs and report ratios."""
+
+import json
+
+from ultracram.bench.fff import bench_ffn, bench_model, time_call
+from ultracram.cli import main
+
+
+def test_bench_ffn_checks_outputs_and_writes_json_and_plot(tmp_path):
+    report = bench_ffn(tokens=(1, 5), threads=[1], depth=3, hidden=64, min_time=0.0,
+                       out=tmp_path / "ffn.json", plot=tmp_path / "ffn.png")  # fmt: skip
+    assert report["all_outputs_match"]
+    assert {c["path"] for c in report["checks"]} == {"gather", "cpu"}
+    assert {r["path"] for r in report["results"]} == {"masked", "gather", "cpu", "dense", "glu"}
+    assert report["config"]["dense_width"] == 15
+    saved = json.loads((tmp_path / "ffn.json").read_text())
+    assert len(saved["ratios"]) == 2
+    for row in saved["ratios"]:
+        dense = next(r for r in saved["results"] if r["path"] == "dense" and r["tokens"] == row["tokens"])
+        cpu = next(r for r in saved["results"] if r["path"] == "cpu" and r["tokens"] == row["tokens"])
+        assert abs(row["cpu_vs_dense"] - dense["min_s"] / cpu["min_s"]) < 1e-9
+    assert (tmp_path / "ffn.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_model_on_tiny_presets(tmp_path):
+    report = bench_model(batches=(2,), seq_len=16, threads=[1], preset="ultrafastbert-tiny",
+                         baseline="crammed-bert-tiny", min_time=0.0, out=tmp_path / "model.json")  # fmt: skip
+    (check,) = report["checks"]
+    assert check["max_relative_error"] <= 1e-5 and check["tokens_off"] == 0
+    (row,) = report["ratios"]
+    assert row["fast_vs_masked"] > 0 and "fast_vs_crammed-bert-tiny" in row
+    assert {r["model"] for r in report["results"]} == {"fff_fast", "fff_masked", "crammed-bert-tiny"}
+
+
+def test_time_call_batches_fast_calls():
+    calls = []
+    t = time_call(lambda: calls.append(1), min_time=0.0)
+    assert t["batches"] >= 3 and t["min_s"] <= t["median_s"] and len(calls) > 3
+
+
+def test_cli_bench_ffn_quick_flags(tmp_path):
+    out = tmp_path / "ffn.json"
+    args = ["bench", "ffn", "--tokens", "3", "--threads", "1", "--depth", "2", "--min-time", "0",
+            "--out", str(out), "--plot", str(tmp_path / "ffn.png")]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(out.read_text())["all_outputs_match"]
