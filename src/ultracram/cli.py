@@ -49,8 +49,68 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _add_bench_ffn(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ffn",
+        help="FFF layer latency per implementation vs dense and GLU FFNs (tokens x threads)",
+        description="Time one feedforward layer: FFF depth D through the masked reference, gather and "
+        "the fast kernel (cpu / triton), a dense FFN of the same width (768->4095->768) and "
+        "crammed-bert's GLU FFN, for each token count and thread count. Outputs are checked against "
+        "the masked reference and ratios are taken within the run. Writes JSON and a PNG plot.",
+    )
+    p.add_argument("--tokens", type=_int_list, default=None, help="comma list (default: 1,2,4,...,4096)")
+    p.add_argument("--threads", type=_int_list, default=None, help="comma list (default: 1 and all cores)")
+    p.add_argument("--depth", type=int, default=11, help="FFF depth (default: %(default)s)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds per point (default: %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small sweep: tokens 1,64,1024, 0.1 s per point")
+    p.add_argument("--out", default="out/bench/ffn.json", help="JSON output (default: %(default)s)")
+    p.add_argument("--plot", default="out/bench/ffn.png", help="PNG plot (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.fff import FFN_TOKENS, FFN_TOKENS_QUICK, bench_ffn
+
+        tokens = args.tokens or (FFN_TOKENS_QUICK if args.quick else FFN_TOKENS)
+        bench_ffn(tokens, threads=args.threads, depth=args.depth, device=args.device, out=args.out,
+                  min_time=0.1 if args.quick else args.min_time, plot=args.plot)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+def _add_bench_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="whole-encoder throughput: UltraFastBERT via for_inference vs masked reference vs crammed-bert",
+        description="Encoder forward (hidden states) at one sequence length and several batch sizes: the "
+        "preset through for_inference, the same weights through the masked FFF reference, and the "
+        "baseline preset. Hidden states are checked against the reference in the same run.",
+    )
+    p.add_argument("--preset", default="ultrafastbert-1x11", help="FFF preset (default: %(default)s)")
+    p.add_argument("--baseline", default="crammed-bert", help="baseline preset (default: %(default)s)")
+    p.add_argument("--batches", type=_int_list, default=None, help="comma list (default: 1,32)")
+    p.add_argument("--seq-len", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--threads", type=_int_list, default=None, help="comma list (default: all cores)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per point (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="batches 1,4 and 0.2 s per point")
+    p.add_argument("--out", default="out/bench/model.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.fff import bench_model
+
+        batches = args.batches or ([1, 4] if args.quick else [1, 32])
+        bench_model(batches, seq_len=args.seq_len, threads=args.threads, preset=args.preset,
+                    baseline=args.baseline, min_time=0.2 if args.quick else args.min_time, out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
 # `ultracram bench <what>`: each benchmark adds itself to BENCH_COMMANDS like a top-level command.
 BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+BENCH_COMMANDS += [_add_bench_ffn, _add_bench_model]
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
