@@ -6,12 +6,14 @@
 ``FastFeedForward`` looks its ``implementation`` up here.
 """
 
+from ultracram.kernels.autograd import default_training_implementation, fff_conditional
 from ultracram.kernels.cpu import fff_cpu
 from ultracram.kernels.reference import fff_gather, fff_masked, fff_nodes, fff_paths
 from ultracram.kernels.triton_infer import fff_triton
 
 FFF_IMPLEMENTATIONS = {
     "masked": fff_masked,  # dense reference: every node computed, then masked
+    "conditional": fff_conditional,  # training: forward+backward over visited nodes (kernels/autograd.py)
     "gather": fff_gather,  # pure PyTorch, only visited nodes; works on every device
     "cpu": fff_cpu,  # numba kernel, inference only, CPU tensors (kernels/cpu.py)
     "triton": fff_triton,  # Triton kernel, inference only, CUDA tensors (kernels/triton_infer.py)
@@ -19,6 +21,8 @@ FFF_IMPLEMENTATIONS = {
 
 __all__ = [
     "FFF_IMPLEMENTATIONS",
+    "default_training_implementation",
+    "fff_conditional",
     "fff_cpu",
     "fff_gather",
     "fff_masked",
