@@ -75,6 +75,10 @@ def _check_shapes(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
         raise ConversionError(f"{source}:\n" + "\n".join(f"  - {b}" for b in bad))
 
 
+def _num_labels(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2)
+
+
 def _from_hf_bert(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
     from ultracram.interop.hf_bert import (
         config_from_hf_bert,
@@ -84,7 +88,7 @@ def _from_hf_bert(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: s
 
     archs = cfg.get("architectures") or ["BertForMaskedLM"]
     task = "classification" if "BertForSequenceClassification" in archs else "mlm"
-    num_labels = int(cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2)
+    num_labels = _num_labels(cfg)
     try:
         # An ultracram export stores its exact config (preset name, dropouts) beside BERT's.
         stored = cfg.get("ultracram_model")
@@ -128,7 +132,7 @@ def _from_hf_ultracram(cfg: dict[str, Any], state: dict[str, torch.Tensor], sour
         if not torch.equal(state["mlm_head.decoder.weight"], state.get("encoder.embeddings.word.weight")):
             raise ConversionError(f"{source}: tensor mlm_head.decoder.weight differs from the tied embedding")
         state = {k: v for k, v in state.items() if k != "mlm_head.decoder.weight"}
-    model = build_model(config, task, num_labels=int(cfg.get("num_labels") or 2))
+    model = build_model(config, task, num_labels=_num_labels(cfg))
     load_weights(model, state, source=source)
     return model
 
