@@ -296,3 +296,24 @@ def test_cramming_errors_name_the_tensor(tmp_path):
         ConversionError, match=r"(?s)arch\.norm = 'RMSNorm'.*arch\.attention\.rotary_embedding"
     ):
         import_checkpoint(tmp_path / "d", tmp_path / "uc")
+
+
+def test_imported_hf_bert_runs_glue_finetuning(hf_bert, tmp_path):
+    """An imported checkpoint (tokenizer built from vocab.txt) goes through ultracram's GLUE
+    fine-tuning loop unchanged."""
+    finetune = pytest.importorskip("ultracram.train.finetune")
+    from ultracram.data.glue import GlueSplit, get_task
+
+    src = tmp_path / "hf"
+    hf_bert.save_pretrained(src)
+    (src / "vocab.txt").write_text("\n".join(_vocab(V)) + "\n")
+    import_checkpoint(src, tmp_path / "uc")
+    g = torch.Generator().manual_seed(0)
+    words = [f"w{i}" for i in torch.randint(0, V - 5, (64, 6), generator=g).flatten().tolist()]
+    text = [" ".join(words[i * 6 : i * 6 + 6]) for i in range(64)]
+    task = get_task("rte")
+    train = GlueSplit(task, "train", text[:48], text[1:49], [i % 2 for i in range(48)], "synthetic")
+    dev = GlueSplit(task, "dev", text[48:], text[47:63], [i % 2 for i in range(16)], "synthetic")
+    settings = finetune.FinetuneSettings(epochs=1, batch_size=8, pooler_size=None, max_length=32)
+    result = finetune.finetune_run(tmp_path / "uc", train, [dev], settings, seed=0, run_dir=tmp_path / "run")
+    assert result["steps"] == 6 and 0.0 <= result["metrics"]["dev"]["accuracy"] <= 1.0

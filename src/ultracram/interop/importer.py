@@ -111,6 +111,8 @@ def _from_cramming(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: 
     from ultracram.interop.cramming import config_from_cramming, state_dict_from_cramming
 
     arch = cfg["arch"]
+    if not any(k.startswith("encoder.") for k in state) and any(k.startswith("embedding.") for k in state):
+        state = {f"encoder.{k}": v for k, v in state.items()}  # a bare ScriptableLM (AutoModel) state dict
     emb = state.get("encoder.embedding.word_embedding.weight")
     config = config_from_cramming(arch, vocab_size=int(emb.shape[0]) if emb is not None else None)
     model = build_model(config, "mlm")
