@@ -1,0 +1,751 @@
+"""Pretraining corpora: raw text -> filtered, tokenised, packed fixed-length token shards.
+
+Layout of a prepared directory (``prepare_corpus``; read back with ``TokenShards``)::
+
+    out/
+      manifest.json        sources (+sha256), tokenizer sha256, counts, filters, seq_len, dtype, shards
+      tokenizer.json       a copy of the tokenizer the shards were made with
+      shard_00000.bin      (sequences, seq_len) uint16 (uint32 when the vocabulary exceeds 65536)
+      ...
+
+Documents are blank-line separated blocks (the shared Wikipedia file has one empty line between
+articles; a one-document-per-line corpus without blank lines therefore becomes chunks of up to
+``MAX_DOC_CHARS`` characters, split at line ends). Documents are tokenised without special
+tokens, joined with [SEP] into one stream, and cut into sequences ``[CLS] <seq_len-2 tokens> [SEP]``
+(fully packed, no padding; the last incomplete sequence of the corpus is dropped).
+
+Memory is constant in the corpus size: text is streamed in batches of documents, at most
+``2 x workers`` batches are in flight, and a shard is written (temp name, fsync, rename) as soon
+as it is full. The manifest is rewritten atomically after each shard with the reader position,
+so a killed run resumes after its last complete shard and never counts a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ultracram.errors import UltracramError
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FORMAT_VERSION = 1
+COMPRESSED = (".xz", ".gz", ".zst")
+TEXT_SUFFIXES = (".txt", ".text", ".raw")
+MAX_DOC_CHARS = 1 << 20
+"""A blank-line block longer than this is split at line ends, so memory stays bounded even for a
+file with no blank lines at all."""
+
+
+class DataError(UltracramError, ValueError):
+    """Bad pretraining data: the message names the file (and line / byte offset) and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: files -> documents
+# --------------------------------------------------------------------------------------------
+
+
+def find_text_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand ``inputs`` (files or directories, searched recursively) into a sorted file list.
+
+    In directories only ``*.txt``/``*.text``/``*.raw`` files, optionally compressed with
+    .xz/.gz/.zst, are taken; files named explicitly are taken whatever their suffix.
+    """
+    if not inputs:
+        raise DataError("no input given; expected text files or directories")
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _is_text_name(f.name))
+            if not found:
+                raise DataError(
+                    f"{p}: directory has no text files; expected *.txt (or .text/.raw), optionally "
+                    "compressed as .xz/.gz/.zst"
+                )
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    return files
+
+
+def _is_text_name(name: str) -> bool:
+    name = name.lower()
+    for c in COMPRESSED:
+        if name.endswith(c):
+            name = name[: -len(c)]
+            break
+    return name.endswith(TEXT_SUFFIXES)
+
+
+class _CountingReader(io.RawIOBase):
+    """Wraps a raw file: feeds sha256 of the stored bytes and counts them (for progress)."""
+
+    def __init__(self, raw: io.BufferedReader):
+        self.raw, self.sha, self.pos = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.raw.readinto(b)
+        if n:
+            self.sha.update(memoryview(b)[:n])
+            self.pos += n
+        return n
+
+
+def _open_binary(path: Path, counter: _CountingReader) -> io.BufferedIOBase:
+    """A decompressed binary stream of ``path`` (by suffix: .xz, .gz, .zst, else plain)."""
+    buffered = io.BufferedReader(counter, buffer_size=1 << 20)
+    name = path.name.lower()
+    if name.endswith(".xz"):
+        return io.BufferedReader(lzma.LZMAFile(buffered), buffer_size=1 << 20)
+    if name.endswith(".gz"):
+        return io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=1 << 20)
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered), buffer_size=1 << 20)
+    return buffered
+
+
+@dataclasses.dataclass
+class SourceState:
+    """What the reader learnt about one input file (``pos``: stored bytes read so far)."""
+
+    path: str
+    bytes: int
+    sha256: str | None = None
+    documents: int = 0
+    pos: int = 0
+
+
+def iter_file_documents(path: str | Path, source: SourceState | None = None) -> Iterator[str]:
+    """Documents of one file: blank-line separated blocks (split at ``MAX_DOC_CHARS``).
+
+    ``source``, when given, is updated as the file is read (bytes read, documents, and the
+    sha256 of the stored file at the end). Raises DataError naming the file, line and byte offset
+    for non-UTF-8 bytes, and for a file that holds no text at all.
+    """
+    path = Path(path)
+    with open(path, "rb") as raw:
+        counter = _CountingReader(raw)
+        stream = _open_binary(path, counter)
+        lines: list[str] = []
+        size = 0
+        offset = 0  # byte offset in the decompressed text
+        seen_text = False
+        for number, line in enumerate(_lines(stream, path), start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}: line {number}, byte offset {offset + e.start} (of the decompressed text): "
+                    f"not valid UTF-8 ({e.reason}, byte 0x{line[e.start]:02x}); expected UTF-8 text"
+                ) from None
+            offset += len(line)
+            text = text.rstrip("\r\n")
+            if text.strip():
+                seen_text = True
+                lines.append(text)
+                size += len(text) + 1
+                if size < MAX_DOC_CHARS:
+                    continue
+            if lines:
+                if source is not None:
+                    source.pos = counter.pos
+                    source.documents += 1
+                yield "\n".join(lines)
+                lines, size = [], 0
+        if lines:
+            if source is not None:
+                source.documents += 1
+            yield "\n".join(lines)
+        if source is not None:
+            for block in iter(lambda: raw.read(1 << 20), b""):  # bytes the decompressor left unread
+                counter.sha.update(block)
+                counter.pos += len(block)
+            source.pos = counter.pos
+            source.sha256 = counter.sha.hexdigest()
+    if not seen_text:
+        raise DataError(f"{path}: the file is empty (no text); expected UTF-8 text with documents "
+                        "separated by blank lines")  # fmt: skip
+
+
+def _lines(stream: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
+    try:
+        yield from stream
+    except (lzma.LZMAError, EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot decompress: {e}") from e
+    except Exception as e:  # zstandard raises its own ZstdError
+        if type(e).__name__ == "ZstdError":
+            raise DataError(f"{path}: cannot decompress: {e}") from e
+        raise
+
+
+def normalized_hash(text: str) -> int:
+    """8-byte hash of a document with case and whitespace runs normalised (for exact de-dup)."""
+    norm = " ".join(text.lower().split()).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(norm, digest_size=8).digest(), "little")
+
+
+class HashSet:
+    """A set of 64-bit hashes at ~8 bytes each: a small Python set merged into a sorted numpy
+    array when it grows past ``buffer`` entries (a plain set of ints costs ~70 bytes each)."""
+
+    def __init__(self, buffer: int = 1 << 18):
+        self.sorted = np.empty(0, dtype=np.uint64)
+        self.recent: set[int] = set()
+        self.buffer = buffer
+
+    def add(self, h: int) -> bool:
+        """Add ``h``; False when it was already there."""
+        if h in self.recent:
+            return False
+        if len(self.sorted):
+            i = int(np.searchsorted(self.sorted, np.uint64(h)))
+            if i < len(self.sorted) and int(self.sorted[i]) == h:
+                return False
+        self.recent.add(h)
+        if len(self.recent) >= self.buffer:
+            new = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
+            self.sorted = np.union1d(self.sorted, new)
+            self.recent = set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self.sorted) + len(self.recent)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenising (in worker processes) and packing
+# --------------------------------------------------------------------------------------------
+
+_WORKER_TOKENIZER: Any = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    # One tokenizer per process; rayon threads off so N processes use N cores, not N^2 threads.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _WORKER_TOKENIZER
+    from tokenizers import Tokenizer
+
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode_batch(docs: list[str], max_ratio: float) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Tokenise ``docs`` and apply the cramming filter.
+
+    Returns (ids of kept documents concatenated (N,) uint32, token count per kept doc (D,),
+    stats). A document is dropped when tokens > ``max_ratio`` x characters (Geiping & Goldstein
+    2022, sec. 4.4: such documents are mostly code, tables or unknown scripts that compress badly).
+    """
+    encs = _WORKER_TOKENIZER.encode_batch_fast(docs, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    chars = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    keep = lengths <= max_ratio * chars
+    kept = [e.ids for e, k in zip(encs, keep) if k]
+    ids = np.fromiter((t for ids in kept for t in ids), dtype=np.uint32, count=int(lengths[keep].sum()))
+    stats = {
+        "documents_encoded": len(docs),
+        "documents_dropped_ratio": int((~keep).sum()),
+        "characters": int(chars.sum()),
+        "tokens_encoded": int(lengths.sum()),
+    }
+    return ids, lengths[keep], stats
+
+
+class _Packer:
+    """Joins documents with [SEP] and cuts ``[CLS] <seq_len-2 tokens> [SEP]`` sequences."""
+
+    def __init__(self, seq_len: int, cls_id: int, sep_id: int, sort_buffer: int, dtype: np.dtype):
+        self.body = seq_len - 2
+        self.seq_len, self.cls, self.sep, self.dtype = seq_len, cls_id, sep_id, dtype
+        self.sort_buffer = sort_buffer  # 0: keep corpus order
+        self.carry = np.empty(0, dtype=np.uint32)  # < body tokens left over from the stream
+        self.pending: list[np.ndarray] = []  # finished (n, seq_len) blocks not yet in a shard
+        self.pending_rows = 0
+        self.buffered: list[np.ndarray] = []  # documents waiting to be sorted by length
+        self.buffered_docs = 0
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        if not len(lengths):
+            return
+        if self.sort_buffer:
+            ends = np.cumsum(lengths)
+            self.buffered += np.split(ids, ends[:-1])
+            self.buffered_docs += len(lengths)
+            if self.buffered_docs >= self.sort_buffer:
+                self.flush_sorted()
+            return
+        self._pack(ids, lengths)
+
+    def flush_sorted(self) -> None:
+        """Pack buffered documents shortest first (cramming's sentence-length ordering, applied
+        within a bounded buffer of documents, not globally)."""
+        if not self.buffered:
+            return
+        docs = sorted(self.buffered, key=len)
+        self.buffered, self.buffered_docs = [], 0
+        self._pack(np.concatenate(docs), np.array([len(d) for d in docs], dtype=np.int64))
+
+    def _pack(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        # Stream = carry + doc1 [SEP] doc2 [SEP] ...; a [SEP] follows every document.
+        ends = np.cumsum(lengths)
+        stream = np.insert(ids, ends, self.sep).astype(np.uint32, copy=False)
+        stream = np.concatenate([self.carry, stream])
+        n = len(stream) // self.body
+        self.carry = stream[n * self.body :].copy()
+        if n:
+            rows = np.empty((n, self.seq_len), dtype=self.dtype)
+            rows[:, 0] = self.cls
+            rows[:, 1:-1] = stream[: n * self.body].reshape(n, self.body)
+            rows[:, -1] = self.sep
+            self.pending.append(rows)
+            self.pending_rows += n
+
+    def take(self) -> np.ndarray:
+        rows = np.concatenate(self.pending) if self.pending else np.empty((0, self.seq_len), self.dtype)
+        self.pending, self.pending_rows = [], 0
+        return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: shards + manifest, atomically
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(out_dir: Path, manifest: dict) -> None:
+    _write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def _vocab_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_corpus
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_corpus(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    tokenizer_path: str | Path,
+    seq_len: int = 128,
+    *,
+    dedup: bool = False,
+    sort_by_length: bool = False,
+    sort_buffer: int = 16384,
+    max_token_ratio: float = 0.25,
+    workers: int | None = None,
+    batch_docs: int = 64,
+    batch_chars: int = 1 << 20,
+    shard_sequences: int = 1 << 16,
+    resume: bool = True,
+    show_progress: bool = False,
+    _after_shard: Callable[[int], None] | None = None,
+) -> dict:
+    """Prepare pretraining shards from raw text; returns the manifest (also in out_dir).
+
+    inputs: files or directories (plain, .xz, .gz or .zst). tokenizer_path: a tokenizer.json
+    (or a directory holding one); it is copied into ``out_dir``. ``dedup`` drops exact duplicate
+    documents (case and whitespace normalised; ~8 bytes of memory per distinct document).
+    ``sort_by_length`` packs documents shortest first within buffers of ``sort_buffer`` docs.
+    Documents with more than ``max_token_ratio`` x characters tokens are dropped. ``workers``
+    processes tokenise (default: all cores; 0 tokenises in this process with the tokenizer's own
+    threads). With ``resume`` (default), a killed run with the same settings continues after its
+    last complete shard; otherwise (or when the settings differ) it starts over.
+    """
+    from tokenizers import Tokenizer
+
+    from ultracram.data.tokenizer import load_tokenizer
+
+    if seq_len < 3:
+        raise DataError(f"seq_len must be at least 3 ([CLS] token [SEP]), got {seq_len}")
+    out_dir = Path(out_dir)
+    tok_path = Path(tokenizer_path)
+    if tok_path.is_dir():
+        tok_path = tok_path / TOKENIZER
+    if not tok_path.is_file():
+        raise DataError(f"{tok_path}: no such tokenizer file; expected a tokenizer.json "
+                        "(`ultracram tokenizer train`)")  # fmt: skip
+    try:
+        tok: Tokenizer = load_tokenizer(tok_path)
+    except Exception as e:
+        raise DataError(f"{tok_path}: cannot load tokenizer: {e}") from e
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise DataError(
+            f"{tok_path}: tokenizer has no [CLS]/[SEP] token; train it with `ultracram tokenizer train`"
+        )
+    vocab_size = tok.get_vocab_size()
+    dtype = _vocab_dtype(vocab_size)
+    files = find_text_files(inputs)
+    tok_json = tok_path.read_text(encoding="utf-8")
+    tok_sha = hashlib.sha256(tok_json.encode("utf-8")).hexdigest()
+    workers = (os.cpu_count() or 1) if workers is None else workers
+
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "inputs": [
+            {"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+            for f in files
+        ],
+        "tokenizer_sha256": tok_sha,
+        "seq_len": seq_len,
+        "dedup": dedup,
+        "sort_by_length": sort_by_length,
+        "sort_buffer": sort_buffer if sort_by_length else 0,
+        "max_token_ratio": max_token_ratio,
+        "batch_docs": batch_docs,
+        "batch_chars": batch_chars,
+        "shard_sequences": shard_sequences,
+        "max_doc_chars": MAX_DOC_CHARS,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = _resume_state(out_dir, settings) if resume else None
+    _clean_dir(out_dir, keep={s["file"] for s in state["shards"]} if state else set())
+    (out_dir / TOKENIZER).write_text(tok_json, encoding="utf-8")
+
+    shards: list[dict] = state["shards"] if state else []
+    counts: dict[str, int] = dict(state["counts"]) if state else {}
+    for k in ("documents", "documents_encoded", "documents_dropped_ratio", "documents_dropped_duplicate", "characters",
+              "tokens_encoded", "tokens_kept", "sequences"):  # fmt: skip
+        counts.setdefault(k, 0)
+    skip_batches = state["batches_done"] if state else 0
+    packer = _Packer(seq_len, cls_id, sep_id, sort_buffer if sort_by_length else 0, dtype)
+    if state:
+        packer.carry = np.asarray(state["carry"], dtype=np.uint32)
+
+    sources: list[SourceState] = [SourceState(str(f), f.stat().st_size) for f in files]
+    total_bytes = sum(s.bytes for s in sources)
+
+    def base_manifest(complete: bool) -> dict:
+        return {
+            **settings,
+            "complete": complete,
+            "vocab_size": vocab_size,
+            "dtype": dtype.name,
+            "tokenizer": TOKENIZER,
+            "sources": [dataclasses.asdict(s) for s in sources],
+            "filters": {
+                "max_token_ratio": f"drop documents with tokens > {max_token_ratio} x characters",
+                "dedup": "exact, case/whitespace-normalised blake2b-64" if dedup else None,
+                "sort_by_length": f"shortest document first within {sort_buffer} documents"
+                if sort_by_length
+                else None,
+            },
+            "counts": dict(counts),
+            "shards": list(shards),
+        }
+
+    def batches() -> Iterator[list[str]]:
+        seen = HashSet() if dedup else None
+        batch: list[str] = []
+        chars = 0
+        for src in sources:
+            for doc in iter_file_documents(src.path, src):
+                if seen is not None and not seen.add(normalized_hash(doc)):
+                    counts_dup[0] += 1
+                    continue
+                batch.append(doc)
+                chars += len(doc)
+                if len(batch) >= batch_docs or chars >= batch_chars:
+                    yield batch
+                    batch, chars = [], 0
+        if batch:
+            yield batch
+
+    def bytes_done() -> int:
+        return sum(s.bytes if s.sha256 else s.pos for s in sources)
+
+    counts_dup = [0]
+    progress = _Progress(total_bytes, show_progress, out_dir)
+    next_shard = len(shards)
+    batch_index = skip_batches
+    pool = None
+    try:
+        if workers > 0:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tok_json,))
+        else:
+            _init_worker(tok_json)
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+        in_flight: list = []
+        dup_at_batch: list[int] = []
+
+        def consume(result) -> None:
+            nonlocal batch_index, next_shard
+            ids, lengths, stats = result
+            for k, v in stats.items():
+                counts[k] += v
+            counts["tokens_kept"] += int(lengths.sum())
+            packer.add(ids, lengths)
+            batch_index += 1
+            counts["documents_dropped_duplicate"] = dup_at_batch.pop(0)
+            if packer.pending_rows >= shard_sequences and not packer.buffered:
+                next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
+                _write_manifest(out_dir, {**base_manifest(False), "batches_done": batch_index,
+                                          "carry": packer.carry.tolist()})  # fmt: skip
+                if _after_shard is not None:
+                    _after_shard(len(shards))
+            progress.update(bytes_done(), counts)
+
+        for b, docs in enumerate(batches()):
+            if b < skip_batches:  # already in complete shards (resume)
+                progress.update(bytes_done(), counts)
+                continue
+            dup_at_batch.append(counts_dup[0])
+            if pool is None:
+                consume(_encode_batch(docs, max_token_ratio))
+                continue
+            in_flight.append(pool.apply_async(_encode_batch, (docs, max_token_ratio)))
+            while len(in_flight) >= 2 * workers:  # bounded: constant memory
+                consume(in_flight.pop(0).get())
+        while in_flight:
+            consume(in_flight.pop(0).get())
+        counts["documents_dropped_duplicate"] = counts_dup[0]
+        packer.flush_sorted()
+        if packer.pending_rows:
+            next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
+        counts["tokens_dropped_tail"] = len(packer.carry)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    counts["documents"] = sum(s.documents for s in sources)
+    if counts["sequences"] == 0:
+        names = ", ".join(s.path for s in sources)
+        raise DataError(
+            f"{names}: the corpus yields no sequences of {seq_len} tokens ({counts['documents']} documents, "
+            f"{counts['documents_dropped_ratio']} dropped by the token/character filter, "
+            f"{counts['documents_dropped_duplicate']} duplicates, {counts['tokens_kept']} tokens kept); "
+            f"expected at least {seq_len - 2} tokens of text"
+        )
+    manifest = base_manifest(True)
+    manifest["counts"]["documents"] = counts["documents"]
+    manifest["tokens"] = counts["sequences"] * seq_len
+    _write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _flush_shard(out_dir: Path, packer: _Packer, index: int, shards: list[dict], counts: dict) -> int:
+    rows = packer.take()
+    name = f"shard_{index:05d}.bin"
+    data = rows.tobytes()
+    _write_atomic(out_dir / name, data)
+    shards.append({"file": name, "sequences": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
+    counts["sequences"] += len(rows)
+    return index + 1
+
+
+def _resume_state(out_dir: Path, settings: dict) -> dict | None:
+    """The state of an unfinished run with the same settings whose shards are intact, else None."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if old.get("complete") or "batches_done" not in old:
+        return None
+    if any(old.get(k) != v for k, v in settings.items()):
+        return None
+    for s in old.get("shards", []):
+        f = out_dir / s["file"]
+        if not f.is_file() or file_sha256(f) != s["sha256"]:
+            return None
+    return old
+
+
+def _clean_dir(out_dir: Path, keep: set[str]) -> None:
+    """Remove shards / temp files of an earlier run that are not kept (stale or half-written)."""
+    for f in out_dir.iterdir():
+        if f.name in keep:
+            continue
+        if re.fullmatch(r"shard_\d{5}\.bin", f.name) or (f.name.startswith(".") and f.name.endswith(".tmp")):
+            f.unlink()
+    if not keep and (out_dir / MANIFEST).exists():
+        (out_dir / MANIFEST).unlink()
+
+
+class _Progress:
+    """A rich progress bar over input bytes (or nothing)."""
+
+    def __init__(self, total: int, enabled: bool, out_dir: Path):
+        self.bar = None
+        self.last = 0.0
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]prepare[/bold] {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.task = self.bar.add_task(str(out_dir), total=total, info="")
+        self.bar.start()
+
+    def update(self, done: int, counts: dict) -> None:
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        info = (f"{counts['documents']:,} docs  {counts['tokens_encoded'] / 1e6:.1f}M tok  "
+                f"{counts['sequences']:,} seqs")  # fmt: skip
+        self.bar.update(self.task, completed=done, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading shards
+# --------------------------------------------------------------------------------------------
+
+
+class TokenShards:
+    """Read-only view of a prepared directory: ``len(shards)`` sequences of ``seq_len`` ids.
+
+    ``shards[i]`` is one sequence (seq_len,) in the stored dtype; ``get_rows(indices)`` gathers
+    (n, seq_len) int64 rows. Shards are memory-mapped, so opening is instant at any size.
+    """
+
+    def __init__(self, directory: str | Path, *, allow_incomplete: bool = False):
+        self.directory = Path(directory)
+        path = self.directory / MANIFEST
+        if not path.is_file():
+            raise DataError(f"{self.directory}: no {MANIFEST}; expected a directory made by "
+                            "`ultracram data prepare`")  # fmt: skip
+        try:
+            self.manifest: dict = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON: {e}") from e
+        m = self.manifest
+        missing = [k for k in ("seq_len", "vocab_size", "dtype", "shards") if k not in m]
+        if missing:
+            raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+        if not m.get("complete", False) and not allow_incomplete:
+            raise DataError(f"{path}: preparation did not finish ({len(m['shards'])} shard(s) written); "
+                            "run `ultracram data prepare` again to resume")  # fmt: skip
+        self.seq_len: int = int(m["seq_len"])
+        self.vocab_size: int = int(m["vocab_size"])
+        self.dtype = np.dtype(m["dtype"])
+        self.tokenizer_path: Path = self.directory / m.get("tokenizer", TOKENIZER)
+        self._maps: list[np.memmap] = []
+        for s in m["shards"]:
+            f = self.directory / s["file"]
+            expected = s["sequences"] * self.seq_len * self.dtype.itemsize
+            if not f.is_file() or f.stat().st_size != expected:
+                got = f.stat().st_size if f.is_file() else "missing"
+                raise DataError(f"{f}: expected {expected} bytes ({s['sequences']} sequences), got {got}")
+            self._maps.append(np.memmap(f, dtype=self.dtype, mode="r", shape=(s["sequences"], self.seq_len)))
+        self._starts = np.cumsum([0] + [len(mm) for mm in self._maps])  # (num_shards + 1,)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sequence {i} out of range for {n} sequences")
+        i %= n
+        s = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return np.asarray(self._maps[s][i - self._starts[s]])
+
+    def get_rows(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Rows ``indices`` (n,) -> (n, seq_len) int64, in the order given."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} sequences")
+        out = np.empty((len(idx), self.seq_len), dtype=np.int64)
+        shard = np.searchsorted(self._starts, idx, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self._maps[s][idx[sel] - self._starts[s]]
+        return out
+
+    def tokenizer(self):
+        """The ``tokenizers.Tokenizer`` the shards were made with."""
+        from ultracram.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_path)
+
+    def __repr__(self) -> str:
+        return f"TokenShards({str(self.directory)!r}, sequences={len(self)}, seq_len={self.seq_len})"
+
+
+__all__ = [
+    "DataError",
+    "HashSet",
+    "TokenShards",
+    "find_text_files",
+    "iter_file_documents",
+    "normalized_hash",
+    "prepare_corpus",
+]
