@@ -118,78 +118,91 @@ def _write_rows(o, acts, rows, count, w_rows, accumulate):
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _walk4(x, w_in, b_in, w_rows, base, levels, code, t0, out, acts, rows, ends, accumulate):
-    """Walk tokens t0..t0+3 down ``levels`` levels of the tree whose first row is ``base``;
-    add their outputs to ``out`` and leave their nodes in ``ends``."""
-    t1, t2, t3 = t0 + 1, t0 + 2, t0 + 3
-    x0, x1, x2, x3 = x[t0], x[t1], x[t2], x[t3]
+def _route4(x, w_in, b_in, base, levels, code, t0, acts, rows, col):
+    """Walk tokens t0..t0+3 down the tree whose first row is ``base``; write each visited
+    node's activation and row to acts/rows (T, K*(D+1)) from column ``col`` on."""
+    x0, x1, x2, x3 = x[t0], x[t0 + 1], x[t0 + 2], x[t0 + 3]
     n0 = n1 = n2 = n3 = 0
     for i in range(levels):
         r0, r1, r2, r3 = base + n0, base + n1, base + n2, base + n3
         z0, z1, z2, z3 = _dot4(x0, w_in[r0], x1, w_in[r1], x2, w_in[r2], x3, w_in[r3])
         z0, z1, z2, z3 = z0 + b_in[r0], z1 + b_in[r1], z2 + b_in[r2], z3 + b_in[r3]
-        acts[0, i], acts[1, i] = _activate(z0, code), _activate(z1, code)
-        acts[2, i], acts[3, i] = _activate(z2, code), _activate(z3, code)
-        rows[0, i], rows[1, i], rows[2, i], rows[3, i] = r0, r1, r2, r3
+        c = col + i
+        acts[t0, c], acts[t0 + 1, c] = _activate(z0, code), _activate(z1, code)
+        acts[t0 + 2, c], acts[t0 + 3, c] = _activate(z2, code), _activate(z3, code)
+        rows[t0, c], rows[t0 + 1, c], rows[t0 + 2, c], rows[t0 + 3, c] = r0, r1, r2, r3
         n0, n1 = 2 * n0 + (2 if z0 > 0 else 1), 2 * n1 + (2 if z1 > 0 else 1)
         n2, n3 = 2 * n2 + (2 if z2 > 0 else 1), 2 * n3 + (2 if z3 > 0 else 1)
-    ends[0], ends[1], ends[2], ends[3] = n0, n1, n2, n3
-    for lane in range(4):
-        _write_rows(out[t0 + lane], acts[lane], rows[lane], levels, w_rows, accumulate)
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _walk1(x, w_in, b_in, w_rows, base, levels, code, t, out, acts, rows, accumulate):
-    """``_walk4`` for one token (the remainder of a block); returns its node."""
+def _route1(x, w_in, b_in, base, levels, code, t, acts, rows, col):
+    """``_route4`` for one token (the remainder of a range)."""
     xt = x[t]
     node = 0
     for i in range(levels):
         r = base + node
-        z = np.float32(0.0)
         w = w_in[r]
+        z = np.float32(0.0)
         for j in range(xt.shape[0]):
             z += xt[j] * w[j]
         z += b_in[r]
-        acts[0, i] = _activate(z, code)
-        rows[0, i] = r
+        acts[t, col + i] = _activate(z, code)
+        rows[t, col + i] = r
         node = 2 * node + (2 if z > 0 else 1)
-    _write_rows(out[t], acts[0], rows[0], levels, w_rows, accumulate)
-    return node
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _walk_range(x, w_in, b_in, w_rows, base, levels, code, start, stop, out, node, accumulate):
-    """Per-token walk of tokens start..stop-1; node[t] receives each token's node after it."""
-    acts = np.empty((4, max(levels, 1)), np.float32)
-    rows = np.empty((4, max(levels, 1)), np.int64)
-    ends = np.empty(4, np.int64)
+def _route_range(x, w_in, b_in, depth, trees, code, start, stop, acts, rows):
+    """Route tokens start..stop-1 through every tree."""
+    n = 2 ** (depth + 1) - 1
     full = start + (stop - start) // 4 * 4
-    for t0 in range(start, full, 4):
-        _walk4(x, w_in, b_in, w_rows, base, levels, code, t0, out, acts, rows, ends, accumulate)
-        node[t0 : t0 + 4] = ends
-    for t in range(full, stop):
-        node[t] = _walk1(x, w_in, b_in, w_rows, base, levels, code, t, out, acts, rows, accumulate)
+    for k in range(trees):
+        col = k * (depth + 1)
+        for t0 in range(start, full, 4):
+            _route4(x, w_in, b_in, k * n, depth + 1, code, t0, acts, rows, col)
+        for t in range(full, stop):
+            _route1(x, w_in, b_in, k * n, depth + 1, code, t, acts, rows, col)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _fff_serial(x, w_in, b_in, w_rows, depth, trees, code, out):
     """Small batches on one thread (waking the thread pool would cost more than the work)."""
-    n = 2 ** (depth + 1) - 1
-    node = np.empty(x.shape[0], np.int64)
-    for k in range(trees):
-        _walk_range(x, w_in, b_in, w_rows, k * n, depth + 1, code, 0, x.shape[0], out, node, k > 0)
+    T, visited = x.shape[0], trees * (depth + 1)
+    acts = np.empty((T, visited), np.float32)
+    rows = np.empty((T, visited), np.int64)
+    _route_range(x, w_in, b_in, depth, trees, code, 0, T, acts, rows)
+    for t in range(T):
+        _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True, parallel=True)
 def _fff_parallel(x, w_in, b_in, w_rows, depth, trees, code, out):
-    """Blocks of tokens spread over all threads; each token walks every tree."""
-    T = x.shape[0]
-    n = 2 ** (depth + 1) - 1
-    node = np.empty(T, np.int64)
+    """All threads: route blocks of tokens, then write the outputs in leaf order."""
+    T, visited = x.shape[0], trees * (depth + 1)
+    acts = np.empty((T, visited), np.float32)
+    rows = np.empty((T, visited), np.int64)
     for b in prange((T + _BLOCK - 1) // _BLOCK):
-        start, stop = b * _BLOCK, min(T, (b + 1) * _BLOCK)
-        for k in range(trees):
-            _walk_range(x, w_in, b_in, w_rows, k * n, depth + 1, code, start, stop, out, node, k > 0)
+        _route_range(x, w_in, b_in, depth, trees, code, b * _BLOCK, min(T, (b + 1) * _BLOCK), acts, rows)
+    # Counting sort by the leaf of the first tree: tokens that share a node are then adjacent,
+    # so each visited node's output row is loaded from L3 about once and not once per token
+    # (measured: the output half of the work went from 60% of the time to ~ 1/3).
+    leaves = 2**depth
+    first_leaf = 2**depth - 1
+    counts = np.zeros(leaves + 1, np.int64)
+    for t in range(T):
+        counts[rows[t, depth] - first_leaf + 1] += 1
+    for j in range(leaves):
+        counts[j + 1] += counts[j]
+    order = np.empty(T, np.int64)
+    for t in range(T):
+        j = rows[t, depth] - first_leaf
+        order[counts[j]] = t
+        counts[j] += 1
+    for b in prange((T + _BLOCK - 1) // _BLOCK):
+        for i in range(b * _BLOCK, min(T, (b + 1) * _BLOCK)):
+            t = order[i]
+            _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
 
 
 def _weights(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> tuple:
