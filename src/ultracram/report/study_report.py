@@ -50,7 +50,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def result_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per-task GLUE scores, average, size, cost, pretraining and speed."""
-    tasks = sorted({t for r in results for t in r.glue})
+    tasks = list(dict.fromkeys(t for r in results for t in r.glue))  # first-seen (paper) order
     header = ["model", *tasks, "GLUE avg", "params (M)", "GFLOP/token", "pretrain tokens", "final MLM loss",
               "CPU tokens/s", "GPU tokens/s"]  # fmt: skip
     rows = []
