@@ -3,16 +3,18 @@
 Same signature as every entry of ``FFF_IMPLEMENTATIONS``:
 ``fff_cpu(x (T, H), w_in (K*N, H), b_in (K*N,), w_out (H, K*N), depth, trees, activation) -> (T, H)``.
 
-How it works: tokens are split into blocks over the threads (``prange``; one thread below
-``PARALLEL_MIN_TOKENS`` tokens). Each token walks each tree root to leaf:
+How it works (one thread below ``PARALLEL_MIN_TOKENS`` tokens, all threads above):
 
-1. Routing: a node's logit is ``x . w_in[n] + b_in[n]``. Routing is a dependency chain (the
-   logit picks the next row to load), so four tokens walk together and their four dot
-   products share one loop: four independent chains keep the core busy (measured 3x faster
-   than one token at a time).
+1. Routing: each token walks each tree root to leaf; a node's logit is
+   ``x . w_in[n] + b_in[n]``. Routing is a dependency chain (the logit picks the next row to
+   load), so four tokens walk together and their four dot products share one loop: four
+   independent chains keep the core busy (measured 3x faster than one token at a time).
+   The visited rows and activations are kept: (T, K*(D+1)) each.
 2. Output: ``out[t] = sum over visited nodes of act(logit) * w_out[:, n]``, four visited rows
-   per pass over ``out[t]``, read from a row-major copy of ``w_out`` (K*N, H) made once per
-   weight version and cached on the weight tensor, so each node is one contiguous row.
+   per pass over ``out[t]``, from a row-major copy of ``w_out`` (K*N, H) made once per weight
+   version and cached on the weight tensor. With many tokens, they are written in the order
+   of their leaves (a counting sort), so tokens that share a node are adjacent and its output
+   row is read from L3 about once instead of once per token (measured 1.35x on 4,096 tokens).
 
 Measured choices (2-core Xeon, AVX-512, 2 MB L2 per core, 260 MB L3; docs/fff-inference.md):
 
@@ -24,11 +26,11 @@ Measured choices (2-core Xeon, AVX-512, 2 MB L2 per core, 260 MB L3; docs/fff-in
   dot product one scalar chain of adds (measured 8x slower). Only these two flags: no
   approximate functions, no NaN/inf assumptions; the sum is split over SIMD lanes, as a BLAS
   does, which changes the fp32 rounding by a few ulps.
-- Walking each token rather than grouping tokens by node at the upper levels: per token and
-  level one 3 KB vector has to come from L2 either way (the token's input row when the node's
-  weights stay in L1, or the node's weights when the token's row stays in L1); the grouped
-  variant (walk 3 to 7 top levels, bucket tokens by subtree, then one small matrix-vector
-  product per node) measured 0.9x to 1.2x the walk, so the simpler walk stays.
+- Routing token by token rather than grouping tokens by node at the upper levels: per token
+  and level one 3 KB vector has to come from L2 either way (the token's input row when the
+  node's weights stay in L1, or the node's weights when the token's row stays in L1); the
+  grouped variant (walk 3 to 7 top levels, bucket tokens by subtree, then one small
+  matrix-vector product per node) measured 0.9x to 1.2x the walk, so the simpler walk stays.
 
 Routing caveat: the reference computes all logits with one BLAS matrix product, whose
 summation order differs from this kernel's. Both are accurate to a few fp32 ulps of
