@@ -49,6 +49,105 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_glue(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "glue",
+        help="fine-tune checkpoints on GLUE and evaluate on the dev sets",
+        description="Fine-tune each --checkpoint on each GLUE task for --seeds seeds, evaluate on dev, "
+        "and write OUT/results.json and OUT/results.md (one row per checkpoint, median over seeds, "
+        "average last). Reruns skip finished runs and resume interrupted ones. Settings: --protocol, "
+        'then --settings FILE.json ({"protocol", "all": {...}, "tasks": {"rte": {...}}}), then the '
+        "shortcut flags, then --set (highest priority). See docs/glue.md.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="checkpoint directory with tokenizer.json; repeat to compare several in one table",
+    )
+    p.add_argument(
+        "--glue-dir",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="glue_data directory or HF parquet directory; repeat to search several in order",
+    )
+    p.add_argument(
+        "--tasks", default="all", help="'all' or a comma list, e.g. cola,sst2 (default: %(default)s)"
+    )
+    p.add_argument("--out", default="out/glue", help="output directory (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per task; the median is reported (default: 1)")
+    p.add_argument(
+        "--protocol",
+        choices=["sane", "bert"],
+        default=None,
+        help="cramming's GLUE-sane (default) or BERT's original recipe",
+    )
+    p.add_argument("--settings", default=None, metavar="FILE.json", help="settings file, per task too")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[TASK.]KEY=VALUE",
+        help="override a setting for all tasks or one task, e.g. lr=2e-5 or rte.epochs=10",
+    )
+    p.add_argument("--epochs", type=float, default=None, help="shortcut for --set epochs=N")
+    p.add_argument("--lr", type=float, default=None, help="shortcut for --set lr=X")
+    p.add_argument("--batch-size", type=int, default=None, help="shortcut for --set batch_size=N")
+    p.add_argument(
+        "--max-train-examples", type=int, default=None, help="fixed random subset of each train set"
+    )
+    p.add_argument("--max-eval-examples", type=int, default=None, help="fixed random subset of each dev set")
+    p.add_argument("--include-wnli", action="store_true", help="count WNLI in the average")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.train.finetune import run_glue_command
+
+        shortcuts = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                     "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples}  # fmt: skip
+        run_glue_command(args.checkpoint, args.glue_dir, args.out, tasks=args.tasks, seeds=args.seeds,
+                         protocol=args.protocol, settings_file=args.settings, set_options=args.set,
+                         shortcuts=shortcuts, device=args.device, include_wnli=args.include_wnli)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+def _add_bench_glue(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "glue",
+        help="minutes per GLUE task per model preset (fine-tuning + dev evaluation)",
+        description="Fine-tune random-init presets for one epoch on subsets of each GLUE task and "
+        "extrapolate the time of the full task under the protocol; ratios against the first preset.",
+    )
+    p.add_argument(
+        "--glue-dir", action="append", required=True, metavar="DIR", help="GLUE directory (repeatable)"
+    )
+    p.add_argument(
+        "--presets",
+        default="crammed-bert-tiny,bert-tiny,ultrafastbert-tiny,fnet-tiny,switch-tiny",
+        help="comma list of presets; the first is the reference (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tasks", default="cola,sst2,mrpc,stsb,rte,wnli", help="comma list (default: %(default)s)"
+    )
+    p.add_argument("--max-train-examples", type=int, default=256, help="train examples timed per task")
+    p.add_argument("--max-eval-examples", type=int, default=256, help="dev examples timed per task")
+    p.add_argument("--protocol", choices=["sane", "bert"], default="sane", help="protocol to extrapolate to")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default="out/bench/glue.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.glue import bench_glue
+
+        bench_glue(args.glue_dir, presets=args.presets.split(","), tasks=args.tasks,
+                   max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+                   protocol=args.protocol, device=args.device, out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
 def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -108,9 +207,91 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="masked-LM pretraining on Lightning Fabric under a time or token budget",
+        description="MLM pretraining of a preset on token shards (`ultracram data prepare`) until a budget "
+        "is spent: wall-clock time (24h, 30m), tokens (50M-tokens) or steps (300-steps). CPU, one GPU, DDP "
+        "or FSDP through Fabric (several nodes: launch under torchrun or SLURM). Checkpoints are atomic; "
+        "--resume continues exactly. Settings: recipe defaults < --config FILE.json < flags.",
+    )
+    from ultracram.train.pretrain_config import add_arguments
+
+    add_arguments(p)
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.train.pretrain import run_from_args
+
+        run_from_args(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_bench_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="training throughput (tokens/s) and MFU of each preset over a fixed number of steps",
+        description="Time a fixed number of MLM training steps (forward, backward, AdamW) per preset on "
+        "random tokens, after warm-up steps; report tokens/s and MFU (3 x forward FLOPs per token from "
+        "ultracram.model.flops_per_token over the device's peak). Tiny presets by default; --full adds "
+        "the full-size presets with fewer steps.",
+    )
+    p.add_argument("--presets", default=None, help="comma list (default: every *-tiny preset, plus full "
+                   "presets with --full)")  # fmt: skip
+    p.add_argument("--full", action="store_true", help="also the full-size presets")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 tiny, 3 full)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 32 tiny, 8 full)")
+    p.add_argument("--seq-len", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--precision", default="auto", help="auto, 32-true, bf16-mixed, 16-mixed (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--out", default="out/bench/train.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.train import bench_train
+
+        bench_train(presets=args.presets.split(",") if args.presets else None, full=args.full, steps=args.steps,
+                    warmup=args.warmup, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
+                    precision=args.precision, compile=args.compile, out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+def _add_bench_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="corpus preparation: wall time, tokens/s, peak RSS, ratio to tokenizers' encode_batch",
+        description="Run `ultracram data prepare` on a corpus in a child process (wall time, tokens/s, "
+        "peak RSS of the process tree), then time `tokenizers`' encode_batch alone on the same documents "
+        "in the same run, and report the ratio of the two tokens/s. Without --tokenizer one is trained "
+        "first on a prefix of the corpus (not timed).",
+    )
+    p.add_argument("--input", nargs="+", required=True, help="corpus files or directories")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: train one on a prefix)")
+    p.add_argument("--vocab-size", type=int, default=32768, help="for the trained tokenizer (default: %(default)s)")
+    p.add_argument("--train-documents", type=int, default=3000, help="documents to train it on (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="tokenising processes (default: all cores)")
+    p.add_argument("--work-dir", default="out/bench/prepare", help="where shards go (default: %(default)s)")
+    p.add_argument("--out", default="out/bench/prepare.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.prepare import bench_prepare
+
+        bench_prepare(args.input, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                      train_documents=args.train_documents, seq_len=args.seq_len, workers=args.workers,
+                      work_dir=args.work_dir, out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
 # `ultracram bench <what>`: each benchmark adds itself to BENCH_COMMANDS like a top-level command.
-BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_bench_glue]
 BENCH_COMMANDS += [_add_bench_ffn, _add_bench_model]
+BENCH_COMMANDS += [_add_bench_train]
+BENCH_COMMANDS += [_add_bench_prepare]
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -171,8 +352,149 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_models, _add_quickstart, _add_bench]
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokenizer",
+        help="train a WordPiece tokenizer on raw text",
+        description="Tokenizers. `ultracram tokenizer train` trains a BERT-style WordPiece tokenizer.",
+    )
+    tsub = p.add_subparsers(dest="action", metavar="ACTION")
+    t = tsub.add_parser(
+        "train",
+        help="train WordPiece on text files/directories (plain, .xz, .gz, .zst) -> DIR/tokenizer.json",
+        description="Train a WordPiece tokenizer with Hugging Face `tokenizers`, streaming the text. "
+        "Lowercases and strips accents by default; special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 "
+        "[MASK]=4; template [CLS] A [SEP] (B [SEP]).",
+    )
+    t.add_argument("--input", nargs="+", required=True, help="text files or directories")
+    t.add_argument("--out", required=True, help="output directory for tokenizer.json")
+    t.add_argument("--vocab-size", type=int, default=32768, help="(default: %(default)s)")
+    t.add_argument("--min-frequency", type=int, default=2, help="(default: %(default)s)")
+    t.add_argument("--max-documents", type=int, default=None, help="train on the first N documents only")
+    t.add_argument("--no-lowercase", action="store_true", help="keep case")
+    t.add_argument("--keep-accents", action="store_true", help="do not strip accents")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.data.tokenizer import train_tokenizer_files
+
+        path = train_tokenizer_files(args.input, args.out, args.vocab_size, lowercase=not args.no_lowercase,
+                                     strip_accents=not args.keep_accents, min_frequency=args.min_frequency,
+                                     max_documents=args.max_documents, show_progress=True)  # fmt: skip
+        print(f"wrote {path}")
+
+    t.set_defaults(func=run)
+    p.set_defaults(func=lambda args: p.print_help())
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="prepare pretraining data: raw text -> packed token shards",
+        description="Pretraining data. `ultracram data prepare` tokenises and packs a corpus.",
+    )
+    dsub = p.add_subparsers(dest="action", metavar="ACTION")
+    d = dsub.add_parser(
+        "prepare",
+        help="raw text -> filtered, tokenised, packed fixed-length shards + manifest.json",
+        description="Stream text files/directories (plain, .xz, .gz, .zst; documents are blank-line "
+        "separated blocks), drop documents with more tokens than 0.25 x characters, optionally de-duplicate "
+        "and order by length, and pack [CLS] ... [SEP] sequences into memory-mapped shards. A killed run "
+        "resumes after its last complete shard when rerun with the same arguments.",
+    )
+    d.add_argument("--input", nargs="+", required=True, help="text files or directories")
+    d.add_argument("--tokenizer", required=True, help="tokenizer.json (copied into --out)")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--seq-len", type=int, default=128, help="(default: %(default)s)")
+    d.add_argument("--dedup", action="store_true", help="drop exact duplicate documents (case/space-normalised)")
+    d.add_argument("--sort-by-length", action="store_true", help="shortest documents first, per buffer")
+    d.add_argument("--sort-buffer", type=int, default=16384, help="documents per sort buffer (default: %(default)s)")
+    d.add_argument("--max-token-ratio", type=float, default=0.25, help="drop docs with tokens > this x chars "
+                   "(default: %(default)s)")  # fmt: skip
+    d.add_argument("--workers", type=int, default=None, help="tokenising processes (default: all cores; 0: "
+                   "in-process with the tokenizer's threads)")  # fmt: skip
+    d.add_argument("--shard-sequences", type=int, default=65536, help="sequences per shard (default: %(default)s)")
+    d.add_argument("--restart", action="store_true", help="start over instead of resuming")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.data.corpus import prepare_corpus
+
+        m = prepare_corpus(args.input, args.out, args.tokenizer, args.seq_len, dedup=args.dedup,
+                           sort_by_length=args.sort_by_length, sort_buffer=args.sort_buffer,
+                           max_token_ratio=args.max_token_ratio, workers=args.workers,
+                           shard_sequences=args.shard_sequences, resume=not args.restart,
+                           show_progress=True)  # fmt: skip
+        c = m["counts"]
+        print(f"{args.out}: {c['sequences']:,} sequences x {m['seq_len']} in {len(m['shards'])} shard(s); "
+              f"{c['documents']:,} documents, {c['documents_dropped_ratio']:,} dropped by the ratio filter, "
+              f"{c['documents_dropped_duplicate']:,} duplicates")  # fmt: skip
+
+    d.set_defaults(func=run)
+    p.set_defaults(func=lambda args: p.print_help())
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_models,
+    _add_quickstart,
+    _add_bench,
+    _add_glue,
+    _add_pretrain,
+]
 COMMANDS += [_add_import, _add_export]
+COMMANDS += [_add_tokenizer, _add_data]
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="preflight checks before training, or a post-mortem of a run (code error or hyperparameters?)",
+        description="Preflight (--preset): checks labels, masking, padding, initial loss, loss function, "
+        "gradients, one-batch overfitting, determinism, an lr range test and mixed precision; each "
+        "PASS/WARN/FAIL with a reason and a fix; writes OUT/doctor.json and OUT/lr_range.png. Without "
+        "--data it uses the embedded Wikipedia sample and a tokenizer trained on it. Tiny presets take "
+        "about a minute on CPU; full-size presets (crammed-bert, bert-base) take many minutes. "
+        "Post-mortem (--run RUN_DIR): diagnoses RUN_DIR/metrics.csv (divergence, plateau, lr too "
+        "high/low) and writes a Markdown/HTML report with figures to RUN_DIR/doctor (or --out).",
+    )
+    p.add_argument("--preset", default="crammed-bert-tiny", help="model preset (default: %(default)s)")
+    p.add_argument("--data", help="token-shard directory (default: the embedded sample)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: DATA/tokenizer.json or trained on the sample)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field or lr, seed, batch_size, seq_len (repeatable)")  # fmt: skip
+    p.add_argument("--only", action="append", metavar="CHECK", help="run only these checks (repeatable)")
+    p.add_argument("--run", help="post-mortem of this run directory instead of preflight checks")
+    p.add_argument("--out", help="output directory (default: out/doctor, or RUN_DIR/doctor with --run)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.doctor import run_doctor
+
+        run_doctor(preset=args.preset, data=args.data, tokenizer=args.tokenizer, overrides=args.overrides,
+                   only=args.only, run_dir=args.run, out_dir=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="pictures of what a model does (explain fff: token paths through FFF trees)",
+        description="`explain fff --checkpoint DIR --text TEXT`: the path each token takes through each "
+        "tree of each FFF layer, visit counts per node, leaves reached and routing entropy; writes tree "
+        "diagrams and per-token path heatmaps (PNG) and explain.md to --out.",
+    )
+    p.add_argument("what", choices=["fff"], help="what to explain")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (with tokenizer.json)")
+    p.add_argument("--text", required=True, help="text to route through the model")
+    p.add_argument("--out", default="out/explain", help="output directory (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.doctor.explain import explain_fff
+
+        explain_fff(args.checkpoint, args.text, args.out)
+
+    p.set_defaults(func=run)
+
+
+COMMANDS += [_add_doctor, _add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:
