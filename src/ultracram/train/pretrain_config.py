@@ -1,0 +1,374 @@
+"""Settings of a pretraining run: the typed config with its recipes, the budget, and the
+command-line flags generated from the config's fields. Kept free of torch so that building the
+``ultracram`` parser stays instant; ``ultracram.train.pretrain`` runs the training."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ultracram.config import ConfigError, _suggest, _type_ok, get_preset
+from ultracram.errors import UltracramError
+
+
+class PretrainError(UltracramError, RuntimeError):
+    """Pretraining cannot start or cannot go on (bad budget, diverged run, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainConfig:
+    """Every knob of a pretraining run. ``None`` means "from the recipe". Field docstrings
+    feed ``ultracram pretrain --help`` and docs/pretraining.md."""
+
+    preset: str = "crammed-bert"
+    """Model preset (``ultracram models`` lists them)."""
+    data: str = ""
+    """Directory of token shards made by ``ultracram data prepare``."""
+    out: str = "out/pretrain"
+    """Run directory: states/, metrics.csv, tensorboard/, loss_curve.png, final/."""
+    budget: str = "24h"
+    """Stop rule: wall-clock time (``24h``, ``30m``, ``90s``), tokens (``50M-tokens``) or optimizer
+    steps (``200-steps``). Time counts across resumes."""
+    recipe: Literal["auto", "cramming", "bert"] = "auto"
+    """Optimizer / schedule / batch recipe; auto: bert for bert-* presets, cramming otherwise."""
+    lr: float | None = None
+    """Peak learning rate."""
+    beta1: float | None = None
+    """AdamW beta1."""
+    beta2: float | None = None
+    """AdamW beta2."""
+    eps: float | None = None
+    """AdamW epsilon."""
+    weight_decay: float | None = None
+    """AdamW weight decay (never on biases, norms and scalars)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this (0 disables)."""
+    schedule: Literal["auto", "budget-triangle", "warmup-linear", "constant"] = "auto"
+    """Learning-rate shape over the budget fraction."""
+    lr_peak_at: float | None = None
+    """Budget fraction where the learning rate peaks (triangle 0.75; BERT warmup 0.01)."""
+    lr_start: float | None = None
+    """Budget-triangle: learning rate at fraction 0, as a fraction of the peak."""
+    batch_size: int | None = None
+    """Target global batch in sequences (cramming 8192, BERT 256), reached by accumulation."""
+    micro_batch_size: int = 128
+    """Sequences per device per forward/backward pass."""
+    batch_ramp_until: float | None = None
+    """Budget fraction at which the batch reaches batch_size (0: no ramp)."""
+    mask_rate: float | None = None
+    """MLM masking rate (default: the preset's, 25% crammed / 15% BERT)."""
+    seed: int = 0
+    """Seed of the initialisation and of the data order and masking."""
+    checkpoint_every_min: float = 30.0
+    """Save a resumable state every this many minutes of training (and at the end)."""
+    checkpoint_every_steps: int = 0
+    """Also save every this many optimizer steps (0: off)."""
+    keep_last: int = 3
+    """Keep the newest this many training states."""
+    accelerator: str = "auto"
+    """Fabric accelerator: auto, cpu, cuda, ..."""
+    devices: str = "auto"
+    """Devices per node (a number, or auto)."""
+    num_nodes: int = 1
+    """Nodes (under SLURM / torchrun Fabric reads the rest from the environment)."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Distribution: auto (single device or DDP), ddp, fsdp."""
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    """auto: bf16 autocast where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the model (static shapes: fixed micro batch, sparse MLM head)."""
+    fff_implementation: str = "auto"
+    """FFF implementation for FFF presets (ultracram.kernels.FFF_IMPLEMENTATIONS); auto: gather."""
+    nan_lr_factor: float = 0.5
+    """After a non-finite loss/gradient: roll back and multiply the learning rate by this."""
+    max_recoveries: int = 3
+    """Give up after this many rollbacks."""
+    log_every_steps: int = 10
+    """Write a metrics row every this many optimizer steps."""
+    val_batches: int = 4
+    """Micro batches of the final validation (fixed, seeded differently from training)."""
+    peak_flops: float | None = None
+    """MFU denominator in FLOP/s (default: data sheet on GPUs, measured matmul peak on CPU)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    wandb: bool = False
+    """Log to Weights & Biases too (if installed)."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model config overrides (e.g. {"num_layers": 4}); vocab_size comes from the shards."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "pretraining config") -> PretrainConfig:
+        """Build from a dict, reporting every unknown key, wrong type and bad value at once."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        problems = [f"unknown key {k!r}" + _suggest(k, set(known)) for k in values if k not in known]
+        hints = _hints()
+        well_typed = {}
+        for k, v in values.items():
+            if k in known and not _field_type_ok(v, hints[k]):
+                problems.append(f"{k}: expected {_describe(hints[k])}, got {v!r} ({type(v).__name__})")
+            elif k in known:
+                well_typed[k] = v
+        config = cls(**well_typed)
+        problems += config.problems()
+        if problems:
+            raise ConfigError(problems, where)
+        return config
+
+    def check(self, where: str = "pretraining config") -> None:
+        """Raise one ConfigError listing every problem of this config."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, where)
+
+    def problems(self) -> list[str]:
+        """Every bad value of this config (types are checked by ``from_dict``)."""
+        problems = []
+        try:
+            parse_budget(self.budget)
+        except PretrainError as e:
+            problems.append(str(e))
+        for name in ("lr", "eps", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                problems.append(f"{name}: must be > 0, got {v}")
+        for name in ("beta1", "beta2", "lr_peak_at", "lr_start", "batch_ramp_until", "mask_rate"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                problems.append(f"{name}: must be in [0, 1), got {v}")
+        if self.micro_batch_size < 1:
+            problems.append(f"micro_batch_size: must be >= 1, got {self.micro_batch_size}")
+        if not 0.0 < self.nan_lr_factor <= 1.0:
+            problems.append(f"nan_lr_factor: must be in (0, 1], got {self.nan_lr_factor}")
+        if self.keep_last < 1:
+            problems.append(f"keep_last: must be >= 1, got {self.keep_last}")
+        if self.checkpoint_every_min <= 0:
+            problems.append(f"checkpoint_every_min: must be > 0, got {self.checkpoint_every_min}")
+        if self.devices != "auto" and not str(self.devices).isdigit():
+            problems.append(f"devices: expected a number or 'auto', got {self.devices!r}")
+        if self.fff_implementation != "auto":
+            from ultracram.kernels import FFF_IMPLEMENTATIONS
+
+            if self.fff_implementation not in FFF_IMPLEMENTATIONS:
+                problems.append(f"fff_implementation: unknown {self.fff_implementation!r}; known: "
+                                f"auto, {', '.join(FFF_IMPLEMENTATIONS)}")  # fmt: skip
+        try:
+            get_preset(self.preset, **{k: v for k, v in self.model.items() if k != "vocab_size"})
+        except ConfigError as e:
+            problems += [f"model: {p}" for p in e.problems]
+        return problems
+
+
+def _field_type_ok(value: Any, annotation: Any) -> bool:
+    import typing
+
+    if typing.get_origin(annotation) is dict:
+        return isinstance(value, dict)
+    return _type_ok(value, annotation)
+
+
+def _hints() -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(PretrainConfig)
+
+
+def _describe(annotation: Any) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Geiping & Goldstein 2022, "Cramming", final recipe (appendix A).
+    "cramming": dict(lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-12, weight_decay=0.01, grad_clip=0.5,
+                     schedule="budget-triangle", lr_peak_at=0.75, lr_start=0.25, batch_size=8192,
+                     batch_ramp_until=0.6),
+    # Devlin et al. 2019: 1e-4, warmup 10k of 1M steps, linear decay, batch 256.
+    "bert": dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, grad_clip=1.0,
+                 schedule="warmup-linear", lr_peak_at=0.01, lr_start=0.0, batch_size=256,
+                 batch_ramp_until=0.0),
+}  # fmt: skip
+
+
+def resolve_recipe(config: PretrainConfig) -> PretrainConfig:
+    """A copy with every ``None`` / ``auto`` recipe field filled in from the recipe table."""
+    recipe = config.recipe
+    if recipe == "auto":
+        recipe = "bert" if config.preset.startswith("bert") else "cramming"
+    values = {k: v for k, v in RECIPES[recipe].items() if getattr(config, k) in (None, "auto")}
+    return dataclasses.replace(config, recipe=recipe, **values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (keys = PretrainConfig fields)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PretrainError(f"config file {path} does not exist") from e
+    except json.JSONDecodeError as e:
+        raise PretrainError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from e
+    if not isinstance(values, dict):
+        raise PretrainError(f"{path}: expected a JSON object of pretraining settings")
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Budget
+# --------------------------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_SCALE = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}
+_TIME = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|m|min|h|d)\s*$")
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kKMGBT]?)[\s_-]*(tokens|steps)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A stop rule: ``kind`` is time (seconds), tokens or steps; ``amount`` its size."""
+
+    kind: Literal["time", "tokens", "steps"]
+    amount: float
+
+    def fraction(self, elapsed_s: float, tokens: int, steps: int) -> float:
+        used = {"time": elapsed_s, "tokens": tokens, "steps": steps}[self.kind]
+        return min(1.0, used / self.amount)
+
+    def __str__(self) -> str:
+        if self.kind == "time":
+            return f"{self.amount / 3600:g}h" if self.amount >= 3600 else f"{self.amount / 60:g}min"
+        return f"{self.amount:,.0f} {self.kind}"
+
+
+def parse_budget(text: str) -> Budget:
+    """``24h`` / ``30m`` / ``90s`` / ``1.5d``, ``50M-tokens`` / ``2e6 tokens``, ``300-steps``."""
+    if m := _TIME.match(text):
+        amount = float(m[1]) * _UNITS[m[2]]
+        kind = "time"
+    elif m := _COUNT.match(text):
+        amount = float(m[1]) * _SCALE[m[2]]
+        kind = m[3]
+    else:
+        raise PretrainError(
+            f"budget: cannot parse {text!r}; expected a time (24h, 30m, 90s), a token count "
+            "(50M-tokens) or a step count (300-steps)"
+        )
+    if amount <= 0:
+        raise PretrainError(f"budget: must be positive, got {text!r}")
+    return Budget(kind, amount)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: one flag per PretrainConfig field, generated from the typed fields and their
+# docstrings (litgpt's approach, without the extra dependency).
+# --------------------------------------------------------------------------------------------
+
+
+def field_docs() -> dict[str, str]:
+    """Docstring of each PretrainConfig field (the string literal that follows it)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(PretrainConfig)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def add_arguments(parser) -> None:
+    """Add ``--resume``, ``--config`` and one ``--<field>`` flag per PretrainConfig field.
+
+    Flags default to "not given", so that a config file's values are only overridden by flags
+    that were actually passed."""
+    import argparse
+    import typing
+
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its newest training state")  # fmt: skip
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="JSON file of settings (keys as the flags, with underscores); flags override it")  # fmt: skip
+    docs, hints = field_docs(), _hints()
+    defaults = PretrainConfig()
+    for f in dataclasses.fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        annotation = hints[f.name]
+        default = getattr(defaults, f.name)
+        shown = "from the recipe" if default is None else repr(default)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")}  # fmt: skip
+        args = typing.get_args(annotation)
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is Literal:
+            kwargs["choices"] = list(args)
+        elif f.name == "model":
+            kwargs["type"] = _json_object
+            kwargs["metavar"] = "JSON"
+        else:
+            base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
+            kwargs["type"] = base
+        parser.add_argument(flag, **kwargs)
+
+
+def _json_object(text: str) -> dict:
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def config_from_args(args) -> tuple[PretrainConfig, bool]:
+    """Merge defaults < config file < flags into a checked PretrainConfig; also ``--resume``."""
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values: dict[str, Any] = {}
+    where = "command line"
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+        where = f"{args.config} + command line"
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    if "devices" in values and isinstance(values["devices"], int):
+        values["devices"] = str(values["devices"])
+    return PretrainConfig.from_dict(values, where=where), bool(getattr(args, "resume", False))
+
+
+__all__ = [
+    "RECIPES",
+    "Budget",
+    "PretrainConfig",
+    "PretrainError",
+    "add_arguments",
+    "config_from_args",
+    "load_config_file",
+    "parse_budget",
+    "resolve_recipe",
+]

@@ -1,0 +1,197 @@
+"""Pretraining on Fabric: exact resume after SIGKILL, DDP == one process, health rollback,
+config and CLI errors. Tiny model, tiny shards from the embedded sample, CPU."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ultracram.config import ConfigError
+
+mlm = pytest.importorskip("ultracram.data.mlm")
+if not hasattr(mlm, "mlm_batch"):
+    pytest.skip("ultracram.data.mlm.mlm_batch not there yet", allow_module_level=True)
+
+from ultracram.train.pretrain import FaultInjection, PretrainConfig, PretrainError, pretrain  # noqa: E402
+
+# A model small enough that a step takes milliseconds; the crammed recipe and code paths are the real ones.
+TINY = {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_layers": 1, "pooler_size": 32}
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """~400 sequences of 32 tokens, vocabulary 512, from the embedded Wikipedia sample."""
+    from ultracram.data.corpus import prepare_corpus
+    from ultracram.data.tokenizer import train_tokenizer
+    from ultracram.quickstart import read_sample_paragraphs
+
+    d = tmp_path_factory.mktemp("pretrain-data")
+    paragraphs = read_sample_paragraphs()[:1500]
+    train_tokenizer(paragraphs, vocab_size=512).save(str(d / "tokenizer.json"))
+    (d / "text.txt").write_text("\n\n".join(paragraphs))
+    prepare_corpus(
+        [d / "text.txt"], d / "shards", d / "tokenizer.json", seq_len=32, workers=0, max_token_ratio=1.0
+    )
+    return d / "shards"
+
+
+def _config(shards: Path, out: Path, **changes) -> PretrainConfig:
+    values = dict(preset="crammed-bert-tiny", data=str(shards), out=str(out), budget="6000-tokens",
+                  micro_batch_size=4, batch_size=8, batch_ramp_until=0.5, log_every_steps=1, progress=False,
+                  tensorboard=False, val_batches=1, peak_flops=1e9, model=TINY)  # fmt: skip
+    return PretrainConfig(**{**values, **changes})
+
+
+def _cli_args(config: PretrainConfig) -> list[str]:
+    args = []
+    for k, v in config.to_dict().items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, dict):
+            args += [flag, json.dumps(v)]
+        elif v is not None:
+            args += [flag, str(v)]
+    return args
+
+
+def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ultracram", "pretrain", *args], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def _losses(run: Path) -> list[float]:
+    from ultracram.train.metrics import read_metrics
+
+    return [r["loss"] for r in read_metrics(run / "metrics.csv")]
+
+
+def test_sigkill_and_resume_is_bitwise_identical(shards, tmp_path):
+    full = _config(shards, tmp_path / "full", checkpoint_every_steps=3)
+    killed = _config(shards, tmp_path / "killed", checkpoint_every_steps=3)
+    r = _run_cli(_cli_args(full))
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((tmp_path / "full" / "summary.json").read_text())["steps"]
+    assert steps > 12
+    # The killed run SIGKILLs itself after step 11: its newest state is step 9, two steps are lost.
+    script = (
+        "import os, signal\n"
+        "from ultracram.train.pretrain import FaultInjection, PretrainConfig, pretrain\n"
+        f"config = PretrainConfig(**{killed.to_dict()!r})\n"
+        "def kill(step):\n"
+        "    if step == 11: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "pretrain(config, faults=FaultInjection(after_step=kill))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == -9, r.stderr
+    assert not (tmp_path / "killed" / "final").exists()
+    assert (
+        sorted(p.name for p in (tmp_path / "killed" / "states").iterdir())[-1]
+        == "state-000000009.safetensors"
+    )
+    r = _run_cli([*_cli_args(killed), "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout + r.stderr
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bitwise
+    # The metrics CSV of the resumed run describes one trajectory, identical to the full run's.
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")
+
+
+def test_ddp_two_cpu_processes_match_one_process(shards, tmp_path):
+    common = dict(budget="5-steps", batch_size=16, batch_ramp_until=0.0, accelerator="cpu")
+    one = _config(shards, tmp_path / "one", micro_batch_size=8, devices="1", **common)
+    two = _config(shards, tmp_path / "two", micro_batch_size=4, devices="2", strategy="ddp", **common)
+    pretrain(one)
+    r = _run_cli(_cli_args(two))  # Fabric's launcher starts the second process
+    assert r.returncode == 0, r.stderr
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 5
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
+    assert a[-1] < a[0]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["devices"] == 2
+
+
+def test_nan_gradient_is_rolled_back_and_recovered(shards, tmp_path):
+    config = _config(shards, tmp_path / "run", budget="12-steps", checkpoint_every_steps=4, nan_lr_factor=0.5)
+    pretrain(_config(shards, tmp_path / "clean", budget="12-steps"))
+    summary = pretrain(config, faults=FaultInjection(nan_grad_steps={6}))  # the 7th step
+    assert summary["recoveries"] == 1 and summary["steps"] == 12
+    assert math.isfinite(summary["final_loss"]) and summary["final_loss"] < summary["first_loss"]
+    weights = _weights(tmp_path / "run")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    from ultracram.train.metrics import read_metrics
+
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    clean_rows = read_metrics(tmp_path / "clean" / "metrics.csv")
+    # Steps before the rollback point are untouched; after it, the learning rate is halved.
+    assert [r["loss"] for r in rows[:4]] == [r["loss"] for r in clean_rows[:4]]
+    assert rows[-1]["step"] == 12
+    after = [r for r in rows if r["step"] > 4]
+    clean_after = {r["step"]: r["lr"] for r in clean_rows}
+    assert all(r["lr"] == pytest.approx(0.5 * clean_after[r["step"]]) for r in after)
+
+
+def test_always_nan_loss_stops_with_a_clear_message(shards, tmp_path):
+    config = _config(shards, tmp_path / "run", budget="10-steps", max_recoveries=2)
+    with pytest.raises(PretrainError, match=r"training diverged: loss nan.*max_recoveries is 2") as e:
+        pretrain(config, faults=FaultInjection(always_nan_loss=True))
+    assert "--lr" in str(e.value)
+    assert (tmp_path / "run" / "diverged.txt").read_text().startswith("training diverged")
+
+
+def test_outputs_and_final_checkpoint(shards, tmp_path):
+    from ultracram.checkpoint import load_checkpoint
+
+    summary = pretrain(_config(shards, tmp_path / "run", budget="8-steps", preset="ultrafastbert-tiny",
+                               model={**TINY, "fff_depth": 2}, tensorboard=True))  # fmt: skip
+    run = tmp_path / "run"
+    for name in ("metrics.csv", "loss_curve.png", "summary.json", "pretrain_config.json", "tensorboard"):
+        assert (run / name).exists(), name
+    model = load_checkpoint(run / "final")
+    assert model.config.vocab_size == 512 and model.config.ffn == "fff"
+    assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
+    # The batch ramp grows the batch by accumulation: 4 sequences first, 8 at the end.
+    from ultracram.train.metrics import read_metrics
+
+    sizes = [r["batch_size"] for r in read_metrics(run / "metrics.csv")]
+    assert sizes[0] == 4 and sizes[-1] == 8
+
+
+def test_refuses_to_overwrite_or_resume_nothing(shards, tmp_path):
+    with pytest.raises(PretrainError, match="no training state"):
+        pretrain(_config(shards, tmp_path / "run", budget="1-steps"), resume=True)
+    pretrain(_config(shards, tmp_path / "run", budget="1-steps"))
+    with pytest.raises(PretrainError, match="pass --resume"):
+        pretrain(_config(shards, tmp_path / "run", budget="1-steps"))
+
+
+def test_config_errors_are_listed_together(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"lr": "high", "micro_batch": 2, "budget": "forever", "model": {"num_layerz": 1}})
+    )
+    r = _run_cli(["--config", str(bad), "--data", "x"], timeout=60)
+    assert r.returncode == 1
+    for fragment in ("4 problems", "unknown key 'micro_batch'", "lr: expected float", "budget: cannot parse",
+                     "model: unknown key 'num_layerz'"):  # fmt: skip
+        assert fragment in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    with pytest.raises(ConfigError, match="mask_rate"):
+        PretrainConfig.from_dict({"mask_rate": 1.5})
