@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -63,3 +63,59 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer at {path}")
     return Tokenizer.from_file(str(path))
+
+
+def train_tokenizer_files(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    vocab_size: int = 32768,
+    *,
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    min_frequency: int = 2,
+    max_documents: int | None = None,
+    show_progress: bool = False,
+) -> Path:
+    """Train on text files or directories (plain, .xz, .gz, .zst), streamed document by document
+    (``ultracram.data.corpus.iter_file_documents``), and save ``out_dir/tokenizer.json``.
+
+    ``max_documents`` stops after that many documents (a quick tokenizer from a corpus prefix).
+    Returns the path of the saved file.
+    """
+    from ultracram.data.corpus import DataError, find_text_files, iter_file_documents
+
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise DataError(
+            f"vocab_size must exceed {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}"
+        )
+    files = find_text_files(inputs)
+
+    def documents() -> Iterator[str]:
+        n = 0
+        for f in files:
+            for doc in iter_file_documents(f):
+                yield doc
+                n += 1
+                if max_documents is not None and n >= max_documents:
+                    return
+
+    tok = train_tokenizer(documents(), vocab_size, lowercase=lowercase, strip_accents=strip_accents,
+                          min_frequency=min_frequency, show_progress=show_progress)  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def check_vocab_size(tokenizer: Tokenizer, vocab_size: int, where: str = "model config") -> None:
+    """Raise a DataError when ``tokenizer`` does not fit a model with ``vocab_size`` embeddings."""
+    from ultracram.data.corpus import DataError
+
+    n = tokenizer.get_vocab_size()
+    if n > vocab_size:
+        raise DataError(f"{where}: vocab_size {vocab_size} is smaller than the tokenizer's vocabulary ({n}); "
+                        "use the tokenizer the model was trained with or a config with a matching vocab_size")  # fmt: skip
+    ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids != list(range(len(SPECIAL_TOKENS))):
+        raise DataError(f"tokenizer special tokens {SPECIAL_TOKENS} have ids {ids}; expected 0..4")
