@@ -192,7 +192,7 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
         summary = (f"plateau from the start: the loss fell only {improvement:.0%} ({initial:.3f} -> {final:.3f}); "
                    "run `ultracram doctor --preset P` to look for a code error (labels, masking, frozen weights)")  # fmt: skip
         findings.append(Diagnosis("plateau", "warn", summary))
-    elif abs(late_gain) < 0.01 * max(best, 1e-9) and final > best + 0.02 and len(third) > 10:
+    elif abs(late_gain) < 0.01 * max(best, 1e-9) and len(third) > 10:
         verdict = "plateau"
         summary = (f"plateau: no progress in the last third ({third[0]:.3f} -> {third[-1]:.3f}); decay the "
                    "learning rate, or the model is at capacity for this budget")  # fmt: skip
