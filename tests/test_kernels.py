@@ -47,6 +47,23 @@ def test_cpu_kernel_equals_masked_reference(depth, trees):
         assert_matches_reference(got, ref)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_kernel_thread_counts(threads):
+    """One thread takes the serial kernel at every size (leaf-ordered output above
+    PARALLEL_MIN_TOKENS); several threads the parallel one."""
+    w_in, b_in, w_out = random_tree(6, 3, seed=5)
+    x = torch.randn(123, 32)
+    before = cpu_kernels.numba.get_num_threads()
+    cpu_kernels.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got = fff_cpu(x, w_in, b_in, w_out, 6, 3)
+    finally:
+        cpu_kernels.set_num_threads(before)
+    with torch.no_grad():
+        assert_matches_reference(got, fff_masked(x, w_in, b_in, w_out, 6, 3))
+
+
 def test_cpu_kernel_at_full_width():
     """UltraFastBERT's shape: hidden 768, depth 11, 4,095 nodes."""
     w_in, b_in, w_out = random_tree(11, 1, hidden=768, seed=1)
