@@ -26,6 +26,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import os
@@ -261,7 +262,7 @@ def _encode_batch(docs: list[str], max_ratio: float) -> tuple[np.ndarray, np.nda
     chars = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     keep = lengths <= max_ratio * chars
     kept = [e.ids for e, k in zip(encs, keep) if k]
-    ids = np.fromiter((t for ids in kept for t in ids), dtype=np.uint32, count=int(lengths[keep].sum()))
+    ids = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.uint32, count=int(lengths[keep].sum()))
     stats = {
         "documents_encoded": len(docs),
         "documents_dropped_ratio": int((~keep).sum()),
