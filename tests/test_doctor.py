@@ -120,3 +120,14 @@ def test_overrides_parse_and_report_every_problem():
         parse_overrides(["num_layer=1", "lr=abc", "oops"])
     msg = str(e.value)
     assert "did you mean 'num_layers'" in msg and "lr" in msg and "oops" in msg
+
+
+def test_cli_doctor_only_and_unknown_check(tmp_path, capsys):
+    from ultracram.cli import main
+
+    assert main(["doctor", "--preset", "crammed-bert-tiny", "--only", "vocab", "--only", "loss_function",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["vocab", "loss_function"]
+    assert main(["doctor", "--only", "vocabulary", "--out", str(tmp_path)]) == 1
+    assert "unknown check(s) vocabulary" in capsys.readouterr().err

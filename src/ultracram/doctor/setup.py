@@ -293,7 +293,9 @@ def default_setup(
         train_rows, valid_rows = _split_rows(rows)
         description = f"{preset} on the embedded Wikipedia sample ({len(rows)} windows)"
     else:
-        train_rows, valid_rows, info, description = _shard_rows(Path(data), tokenizer, seq_len)
+        train_rows, valid_rows, info, description, data_vocab = _shard_rows(Path(data), tokenizer, seq_len)
+        if "vocab_size" not in overrides:  # as pretraining does: the model is sized to the shards
+            config = config.replace(vocab_size=data_vocab)
     samples = {"train": train_rows, "validation": valid_rows}
     return TrainingSetup(
         config=config,
@@ -308,39 +310,46 @@ def default_setup(
 
 
 def _shard_rows(data: Path, tokenizer: str | Path | None, seq_len: int):
-    """Rows of token ids sampled from token shards (``ultracram.data.corpus.TokenShards``)."""
+    """Rows of token ids sampled from token shards (``ultracram.data.corpus.TokenShards``).
+
+    The shards have no held-out split (pretraining validates on fresh masks of the training
+    data); a ``validation/`` shard directory beside them, if present, is used for the overlap check.
+    """
+    from ultracram.data.corpus import TokenShards
     from ultracram.data.tokenizer import load_tokenizer
 
-    tok_path = Path(tokenizer) if tokenizer else data / "tokenizer.json"
+    try:
+        shards = TokenShards(data)
+    except UltracramError as e:
+        raise DoctorError(f"--data {data}: {e}") from e
+    tok_path = Path(tokenizer) if tokenizer else shards.tokenizer_path
     if not tok_path.exists():
         raise DoctorError(f"--data {data}: no tokenizer at {tok_path}; pass --tokenizer PATH")
     info = _tokenizer_info(load_tokenizer(tok_path))
-    try:
-        from ultracram.data.corpus import TokenShards  # the data pipeline (issue: data)
-    except ImportError as e:  # pragma: no cover - depends on the data pipeline being installed
-        raise DoctorError(f"--data needs ultracram.data.corpus.TokenShards: {e}") from e
-    out = {}
-    for split in ("train", "validation"):
-        try:
-            shards = TokenShards(data, split=split)
-        except TypeError:
-            shards = TokenShards(data) if split == "train" else None
-        except Exception as e:
-            if split == "validation":
-                out[split] = []
-                continue
-            raise DoctorError(f"--data {data}: cannot open {split} shards: {e}") from e
-        out[split] = _sample_windows(shards, seq_len - 2, 4000) if shards is not None else []
-    return out["train"], out["validation"], info, f"shards {data}"
+    valid_dir = data / "validation"
+    valid = TokenShards(valid_dir) if (valid_dir / "manifest.json").is_file() else None
+    rows = {split: _sample_rows(s, info, seq_len - 2) if s is not None else [] for split, s in
+            (("train", shards), ("validation", valid))}  # fmt: skip
+    return (
+        rows["train"],
+        rows["validation"],
+        info,
+        f"shards {data} ({len(shards)} sequences)",
+        shards.vocab_size,
+    )
 
 
-def _sample_windows(shards: Any, length: int, count: int) -> list[list[int]]:
-    """Up to ``count`` windows of ``length`` tokens spread evenly over a shard set."""
-    total = len(shards)
-    if total == 0:
-        return []
-    if hasattr(shards, "window"):
-        n = max(1, min(count, total // max(length, 1)))
-        return [list(map(int, shards.window(i * (total // n), length))) for i in range(n)]
-    rows = [list(map(int, shards[i])) for i in range(min(count, total))]
-    return [r[:length] for r in rows]
+def _sample_rows(shards: Any, info: TokenizerInfo, length: int, count: int = 4000) -> list[list[int]]:
+    """Up to ``count`` sequences spread evenly over the shards, without their [CLS]/[SEP] ends."""
+    import numpy as np
+
+    n = len(shards)
+    idx = np.unique(np.linspace(0, n - 1, num=min(count, n)).astype(np.int64)) if n else []
+    out = []
+    for row in shards.get_rows(idx).tolist() if n else []:
+        if row and row[0] == info.cls_id:
+            row = row[1:]
+        if row and row[-1] == info.sep_id:
+            row = row[:-1]
+        out.append(row[:length])
+    return out
