@@ -2,7 +2,7 @@
 
 import json
 
-from ultracram.bench.fff import bench_ffn, bench_model, time_call
+from ultracram.bench.fff import bench_ffn, bench_model, time_calls
 from ultracram.cli import main
 
 
@@ -32,10 +32,15 @@ def test_bench_model_on_tiny_presets(tmp_path):
     assert {r["model"] for r in report["results"]} == {"fff_fast", "fff_masked", "crammed-bert-tiny"}
 
 
-def test_time_call_batches_fast_calls():
-    calls = []
-    t = time_call(lambda: calls.append(1), min_time=0.0)
-    assert t["batches"] >= 3 and t["min_s"] <= t["median_s"] and len(calls) > 3
+def test_time_calls_interleaves_and_batches_fast_calls():
+    order = []
+    times = time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, min_time=0.0)
+    assert set(times) == {"a", "b"}
+    for t in times.values():
+        assert t["rounds"] == 3 and 0 < t["min_s"] <= t["median_s"]
+    assert order.count("a") > 6  # microsecond calls are timed many per batch
+    last_a = len(order) - 1 - order[::-1].index("a")
+    assert "b" in order[:last_a]  # rounds alternate between the calls
 
 
 def test_cli_bench_ffn_quick_flags(tmp_path):

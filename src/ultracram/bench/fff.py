@@ -1,9 +1,9 @@
 """Speed of FFF inference: one layer (``bench_ffn``) and a whole encoder (``bench_model``).
 
 Every number that is compared is measured in the same run, on the same inputs, right after
-the outputs of each fast path were checked against the masked dense reference. Times are the
-minimum over repeated timed batches (the least disturbed one; the machine may be shared) and
-the median is recorded next to it.
+the outputs of each fast path were checked against the masked dense reference. The paths are
+timed in interleaved rounds (``time_calls``); times are the minimum over rounds (the least
+disturbed one; the machine may be shared) and the median is recorded next to it.
 
 ``bench_ffn``: tokens x threads x path, paths being the FFF layer through each implementation
 (``masked`` reference, ``gather``, the ``cpu`` kernel; ``triton`` on CUDA), a dense FFN of the
@@ -41,29 +41,43 @@ def all_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def time_call(fn: Callable[[], Any], min_time: float, min_batches: int = 3) -> dict[str, float]:
-    """Seconds per call of ``fn``: calls are timed in batches of at least ~1 ms (so that the
-    timer's own cost vanishes for microsecond calls) until ``min_time`` has passed."""
-    fn()  # warm up: first-call compilation, caches, allocator
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= 1e-3 or calls >= 2**16:
-            break
-        calls *= 2
-    per_call = [elapsed / calls]
-    spent = elapsed
-    while spent < min_time or len(per_call) < min_batches:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        spent += elapsed
-        per_call.append(elapsed / calls)
-    return {"min_s": min(per_call), "median_s": statistics.median(per_call), "batches": len(per_call)}
+def time_calls(
+    calls: dict[str, Callable[[], Any]], min_time: float, min_rounds: int = 3
+) -> dict[str, dict[str, float]]:
+    """Seconds per call of each of ``calls``, measured in interleaved rounds.
+
+    Each call is timed in batches of at least ~1 ms (so the timer's own cost vanishes for
+    microsecond calls); a round times one batch of every call in turn, so a slow spell of a
+    shared machine hits all of them alike, and rounds repeat until each call has been timed
+    for ``min_time`` seconds and ``min_rounds`` rounds. Per call: the minimum over rounds
+    (the least disturbed) and the median.
+    """
+    sizes, per_call, spent = {}, {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
+    for name, fn in calls.items():
+        fn()  # warm up: first-call compilation, caches, allocator
+        n = 1
+        while True:
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            elapsed = time.perf_counter() - start
+            if elapsed >= 1e-3 or n >= 2**16:
+                break
+            n *= 2
+        sizes[name] = n
+    rounds = 0
+    while rounds < min_rounds or min(spent.values()) < min_time:
+        for name, fn in calls.items():
+            n = sizes[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            elapsed = time.perf_counter() - start
+            spent[name] += elapsed
+            per_call[name].append(elapsed / n)
+        rounds += 1
+    return {name: {"min_s": min(v), "median_s": statistics.median(v), "rounds": len(v)}
+            for name, v in per_call.items()}  # fmt: skip
 
 
 def _relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -154,16 +168,15 @@ def bench_ffn(
             x = torch.randn(n, hidden, device=device)
             calls = _ffn_calls(layers, x, fast)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            times = {}
             with torch.no_grad():
                 ref = calls["masked"]()
                 for impl in ("gather", fast):
                     err = _relative_error(calls[impl](), ref)
                     checks.append({"threads": n_threads, "tokens": n, "path": impl, "relative_error": err,
                                    "ok": err <= TOLERANCE})  # fmt: skip
-                for path in paths:
-                    t = time_call(lambda f=calls[path], sync=sync: (f(), sync()), min_time)
-                    times[path] = t
+                timed = {p: (lambda f=calls[p], sync=sync: (f(), sync())) for p in paths}
+                times = time_calls(timed, min_time)
+                for path, t in times.items():
                     results.append({"threads": n_threads, "tokens": n, "path": path, **t,
                                     "tokens_per_s": n / t["min_s"]})  # fmt: skip
             row = {"threads": n_threads, "tokens": n}
@@ -182,7 +195,7 @@ def bench_ffn(
         "benchmark": "ffn",
         "config": {"hidden": hidden, "depth": depth, "trees": 1, "dense_width": fff.linear_in.out_features,
                    "glu_width": layers["glu"].dense_in.out_features, "device": device, "dtype": "float32",
-                   "min_time_s": min_time, "timing": "min over timed batches; median recorded"},
+                   "min_time_s": min_time, "timing": "interleaved rounds; min over rounds, median recorded"},
         "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "results": results,
         "ratios": ratios,
@@ -230,7 +243,6 @@ def bench_model(
         set_num_threads(n_threads)
         for batch in batches:
             ids = torch.randint(5, vocab, (batch, seq_len))
-            times = {}
             with torch.no_grad():
                 got, ref = fast(ids), reference(ids)
                 scale = ref.abs().max()
@@ -238,9 +250,9 @@ def bench_model(
                 checks.append({"threads": n_threads, "batch": batch,
                                "max_relative_error": float(diff.max() / scale),
                                "tokens_off": int((diff > 1e-4 * scale).sum()), "tokens": batch * seq_len})  # fmt: skip
-                for name, model in models.items():
-                    t = time_call(lambda model=model, ids=ids: model(ids), min_time, min_batches=2)
-                    times[name] = t
+                timed = {name: (lambda model=model, ids=ids: model(ids)) for name, model in models.items()}
+                times = time_calls(timed, min_time, min_rounds=2)
+                for name, t in times.items():
                     results.append({"threads": n_threads, "batch": batch, "seq_len": seq_len, "model": name,
                                     **t, "tokens_per_s": batch * seq_len / t["min_s"]})  # fmt: skip
             row = {"threads": n_threads, "batch": batch,
@@ -259,7 +271,7 @@ def bench_model(
         "benchmark": "model",
         "config": {"preset": preset, "baseline": baseline, "seq_len": seq_len, "batches": list(batches),
                    "dtype": "float32", "min_time_s": min_time, "output": "encoder hidden states",
-                   "timing": "min over timed batches; median recorded"},
+                   "timing": "interleaved rounds; min over rounds, median recorded"},
         "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "results": results,
         "ratios": ratios,
