@@ -287,11 +287,73 @@ def _add_bench_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="pretrain, fine-tune and benchmark several models under one budget; write one report",
+        description="The comparison study: one tokenizer and one set of shards for every model; each model "
+        "is pretrained under the same budget, fine-tuned and evaluated on GLUE, and its inference speed "
+        "measured; the report (report.md with figures, and a self-contained report.html) shows it side by "
+        "side with the configuration, versions and hardware. Rerunning the same command in the same --out "
+        "resumes a killed study without redoing finished models. With no --corpus/--glue it runs the quick-"
+        "start study on the embedded sample data.",
+    )
+    p.add_argument("--models", default="bert-tiny,crammed-bert-tiny,ultrafastbert-tiny,fnet-tiny,switch-tiny",
+                   help="comma-separated presets (default: %(default)s)")
+    p.add_argument("--budget", default="60s", help="pretraining budget per model: 1h, 90s, 5M-tokens (default: %(default)s)")
+    p.add_argument("--corpus", nargs="*", default=[], help="raw text files/directories (default: embedded sample)")
+    p.add_argument("--glue", default="", help="GLUE directory, glue_data layout (default: embedded slices)")
+    p.add_argument("--glue-tasks", default="all", help="GLUE tasks, comma-separated or all (default: %(default)s)")
+    p.add_argument("--glue-epochs", type=int, default=None, help="fine-tuning epochs (default: the protocol's 5)")
+    p.add_argument("--glue-max-train", type=int, default=None, help="cap on training examples per task")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per task, median reported (default: 1)")
+    p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default: largest preset's)")
+    p.add_argument("--micro-batch-size", type=int, default=32, help="pretraining micro batch (default: %(default)s)")
+    p.add_argument("--out", default="out/study", help="study directory (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.study import run_study
+
+        run_study(args.out, models=[m.strip() for m in args.models.split(",") if m.strip()], budget=args.budget,
+                  corpus=args.corpus, glue=args.glue, glue_tasks=args.glue_tasks, glue_epochs=args.glue_epochs,
+                  glue_max_train=args.glue_max_train, seeds=args.seeds, vocab_size=args.vocab_size,
+                  micro_batch_size=args.micro_batch_size)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+def _add_bench_fff_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fff-train",
+        help="FFF layer forward+backward tokens/s per training implementation vs masked and GLU",
+        description="Time forward+backward of one FFF layer (H=768) through masked, gather and "
+        "conditional (and its backends) against crammed-bert's GLU FFN on the same tokens; gradients "
+        "are checked against the masked reference in the same run. Optionally a shallow whole-model "
+        "MLM training step. Writes JSON.",
+    )
+    p.add_argument("--shapes", default="ultrafastbert-1x11,ultrafastbert-128x4", help="comma list of presets")
+    p.add_argument("--tokens", type=int, default=2048, help="tokens per step (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per path (default: %(default)s)")
+    p.add_argument("--model-layers", type=int, default=0, help="also time a model step of this depth (0: no)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: %(default)s)")
+    p.add_argument("--out", default="out/bench/fff_train.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.fff_train import bench_fff_train
+
+        bench_fff_train(args.shapes.split(","), tokens=args.tokens, repeats=args.repeats,
+                        model_layers=args.model_layers, device=args.device, dtype=args.dtype, out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
 # `ultracram bench <what>`: each benchmark adds itself to BENCH_COMMANDS like a top-level command.
 BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_bench_glue]
 BENCH_COMMANDS += [_add_bench_ffn, _add_bench_model]
 BENCH_COMMANDS += [_add_bench_train]
 BENCH_COMMANDS += [_add_bench_prepare]
+BENCH_COMMANDS += [_add_bench_fff_train]
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -441,6 +503,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 COMMANDS += [_add_import, _add_export]
 COMMANDS += [_add_tokenizer, _add_data]
+COMMANDS += [_add_study]
 
 
 def _add_doctor(sub: argparse._SubParsersAction) -> None:

@@ -20,9 +20,9 @@ autograd on the activation itself, so any elementwise activation works.
 
 The four primitives (route, combine, dots, weight_grads) have three backends, picked by device:
 
-- ``numba`` (CPU): per-token loops in parallel over tokens; the weight gradients run in
-  parallel over slices of H (each thread owns columns h0:h1 of every row and walks all
-  tokens in order), so they need no atomics and are deterministic.
+- ``numba`` (CPU): per-token loops in parallel over tokens; the weight gradients are sorted
+  segment sums in parallel over visited rows (each thread owns whole rows and sums their
+  visits in token order), so they need no atomics and are deterministic.
 - ``triton`` (CUDA; CPU under ``TRITON_INTERPRET=1``): kernels/triton_train.py.
 - ``torch`` (any device): per-level gathers and ``index_add_``; the fallback.
 
@@ -34,13 +34,18 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ultracram.kernels.reference import Activation, fff_nodes
+from ultracram.kernels.reference import Activation, fff_masked, fff_nodes
 
-# Columns of H per parallel work item in the numba weight-gradient kernel.
-_H_BLOCK = 64
+# On CPU the per-token walk reads one weight row per visit from memory while the masked
+# reference's BLAS products reuse each row over many tokens. Measured forward+backward at
+# 2,048 tokens, H=768 (docs/fff-training.md): 1x11 (341 nodes per visit) conditional 4.9x
+# faster, 16x7 (32) 2.0x faster, 128x4 (6.2) 0.5x. Below this ratio "conditional" on CPU
+# runs the masked reference.
+CPU_MIN_NODES_PER_VISIT = 12
 
 
 # --------------------------------------------------------------------------- numba (CPU)
@@ -93,23 +98,24 @@ def _numba_kernels():
                     out[t, k, level] = s
 
     @njit(parallel=True, fastmath=fm, cache=True)
-    def weight_grads(dz, a, rows, x, g, block, grad_in, grad_out_rows):
-        # Each work item owns columns h0:h1 of every row: no two threads write the same
-        # element, and every element sums its tokens in token order (deterministic).
-        T, K, L = rows.shape
+    def weight_grads(order, starts, seg_rows, dz, a, x, g, visits, grad_in, grad_b, grad_out_rows):
+        # One segment = the visits of one row, in token order (stable sort). A thread owns a
+        # whole row: it sums dz*x[t] and a*g[t] into that row (kept in L1) and writes it once,
+        # so no two threads touch the same row and every sum runs in token order.
         H = x.shape[1]
-        for hb in prange((H + block - 1) // block):
-            h0 = hb * block
-            h1 = min(H, h0 + block)
-            for t in range(T):
-                for k in range(K):
-                    for level in range(L):
-                        r = rows[t, k, level]
-                        c_in = dz[t, k, level]
-                        c_out = a[t, k, level]
-                        for h in range(h0, h1):
-                            grad_in[r, h] += c_in * x[t, h]
-                            grad_out_rows[r, h] += c_out * g[t, h]
+        for s in prange(seg_rows.shape[0]):
+            r = seg_rows[s]
+            bias = dz.dtype.type(0.0)
+            for e in range(starts[s], starts[s + 1]):
+                v = order[e]
+                t = v // visits
+                c_in = dz[v]
+                c_out = a[v]
+                bias += c_in
+                for h in range(H):
+                    grad_in[r, h] += c_in * x[t, h]
+                    grad_out_rows[r, h] += c_out * g[t, h]
+            grad_b[r] = bias
 
     del numba
     return route, combine, dots, weight_grads
@@ -147,12 +153,22 @@ class _NumbaBackend:
         H = x.shape[1]
         grad_in = torch.zeros(n_rows, H, dtype=x.dtype)
         grad_out_rows = torch.zeros(n_rows, H, dtype=x.dtype)
-        dz, a = dz.to(x.dtype), a.to(x.dtype)
-        _numba_kernels()[3](
-            _np(dz), _np(a), _np(rows), _np(x), _np(g), _H_BLOCK, grad_in.numpy(), grad_out_rows.numpy()
-        )
-        grad_b = torch.zeros(n_rows, dtype=x.dtype).index_add_(0, rows.reshape(-1).long(), dz.reshape(-1))
+        grad_b = torch.zeros(n_rows, dtype=x.dtype)
+        order, starts, seg_rows = _segments(rows)
+        _numba_kernels()[3](order, starts, seg_rows, _np(dz.to(x.dtype).reshape(-1)), _np(a.to(x.dtype).reshape(-1)),
+                            _np(x), _np(g), rows[0].numel(), grad_in.numpy(), grad_b.numpy(), grad_out_rows.numpy())  # fmt: skip
         return grad_in, grad_b, grad_out_rows
+
+
+def _segments(rows: torch.Tensor):
+    """Visits grouped by row: ``order`` (visit ids, stably sorted by row, so token order within
+    a row), ``starts`` (segment s is order[starts[s]:starts[s+1]]) and ``seg_rows``."""
+    flat = rows.reshape(-1).numpy()  # (T*K*L,) int32
+    order = np.argsort(flat, kind="stable")
+    sorted_rows = flat[order]
+    cut = np.flatnonzero(np.diff(sorted_rows)) + 1
+    starts = np.concatenate(([0], cut, [flat.size])).astype(np.int64)
+    return order, starts, sorted_rows[starts[:-1]].copy()
 
 
 # --------------------------------------------------------------------------- torch (any device)
@@ -310,8 +326,16 @@ def fff_conditional(
 ) -> torch.Tensor:  # fmt: skip
     """FFF layer, forward and backward over visited nodes only. x (T, H) -> (T, H).
 
-    ``backend``: ``None`` picks Triton on CUDA (gelu/relu), numba on CPU, else torch.
+    ``backend``: ``None`` picks Triton on CUDA, numba on CPU, else torch. With ``None`` on CPU,
+    shallow trees (fewer than ``CPU_MIN_NODES_PER_VISIT`` nodes per visited node, e.g. 128x4)
+    run the masked reference instead: its BLAS products beat walking 100s of visits per token.
     """
+    if (
+        backend is None
+        and x.device.type == "cpu"
+        and fff_nodes(depth) < CPU_MIN_NODES_PER_VISIT * (depth + 1)
+    ):
+        return fff_masked(x, w_in, b_in, w_out, depth, trees, activation)
     return FFFConditional.apply(x, w_in, b_in, w_out, depth, trees, activation, backend)
 
 

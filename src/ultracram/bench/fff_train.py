@@ -1,0 +1,203 @@
+"""Training speed of FFF: forward + backward of one layer per implementation, and a model step.
+
+``bench_fff_train`` times, in one run and on the same inputs:
+
+- one FFF layer (H=768) for each preset shape (1x11 and 128x4 by default) through each
+  training implementation: ``masked`` (the reference UltraFastBERT trains with), ``gather``
+  (autograd through index gathers) and ``conditional`` (kernels/autograd.py, as the model
+  runs it: on CPU it falls back to masked for shallow trees); on CPU also its backends
+  forced, ``conditional/numba`` and ``conditional/torch``;
+- crammed-bert's GLU FFN (768 -> 3072 GLU -> 768) on the same tokens;
+- optionally a whole-model MLM training step (forward, loss, backward) of a shallow
+  ultrafastbert vs crammed-bert of the same width.
+
+Each conditional path's output and gradients are checked against the masked reference in
+the same run before it is timed. Times are the minimum over repeats (the machine may be
+shared by other jobs: the minimum is the least disturbed sample); the median is recorded too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ultracram.config import IGNORE_INDEX, get_preset
+from ultracram.kernels import FFF_IMPLEMENTATIONS
+from ultracram.kernels.autograd import fff_conditional
+from ultracram.model.feedforward import FastFeedForward, GatedFeedForward
+
+
+def _time(step: Callable[[], None], repeats: int, device: torch.device) -> dict[str, float]:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up: numba / Triton compilation, allocator
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"min_s": min(times), "median_s": statistics.median(times)}
+
+
+# The per-visit torch paths (gather, conditional/torch) take minutes for 128x4 (640 visits per
+# token) on a 2-core CPU; above this many visits per token they are skipped.
+MAX_VISITS_FOR_TORCH_PATHS = 64
+
+
+def _layer_paths(device: torch.device, visits: int) -> dict[str, Callable]:
+    paths = {name: FFF_IMPLEMENTATIONS[name] for name in ("masked", "gather", "conditional")}
+    if device.type == "cpu":
+        paths["conditional/numba"] = functools.partial(fff_conditional, backend="numba")
+        paths["conditional/torch"] = functools.partial(fff_conditional, backend="torch")
+        if visits > MAX_VISITS_FOR_TORCH_PATHS:
+            del paths["gather"], paths["conditional/torch"]
+    return paths
+
+
+def _check(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """Largest |got - want| / max|want| over the output and the four gradients."""
+    return max(((g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30)).item()
+               for g, w in zip(got, want, strict=True))  # fmt: skip
+
+
+def bench_layers(
+    shapes: list[str], tokens: int, repeats: int, device: torch.device, dtype: torch.dtype
+) -> list[dict[str, Any]]:
+    """Forward+backward tokens/s of one FFF layer per path and of crammed-bert's GLU FFN."""
+    rows = []
+    glu_config = get_preset("crammed-bert")
+    glu = GatedFeedForward(glu_config).to(device, dtype)
+    x = torch.randn(tokens, glu_config.hidden_size, device=device, dtype=dtype)
+    grad = torch.randn_like(x)
+
+    def glu_step():
+        xi = x.detach().requires_grad_()
+        glu.zero_grad(set_to_none=True)
+        glu(xi).backward(grad)
+
+    glu_time = _time(glu_step, repeats, device)
+    for shape in shapes:
+        config = get_preset(shape)
+        layer = FastFeedForward(config).to(device, dtype)
+        params = [layer.linear_in.weight, layer.linear_in.bias, layer.linear_out.weight]
+        reference = None
+        for name, fn in _layer_paths(device, config.fff_trees * (config.fff_depth + 1)).items():
+
+            def step(fn=fn, params=params, config=config):
+                xi = x.detach().requires_grad_()
+                for p in params:
+                    p.grad = None
+                out = fn(xi, *params, config.fff_depth, config.fff_trees, F.gelu)
+                out.backward(grad)
+                return [out.detach(), xi.grad, *(p.grad for p in params)]
+
+            result = step()
+            if reference is None:
+                reference = result
+            err = _check(result, reference)
+            t = _time(step, repeats, device)
+            rows.append({"shape": shape, "path": name, "tokens": tokens, **t,
+                         "tokens_per_s": tokens / t["min_s"], "max_rel_err_vs_masked": err})  # fmt: skip
+        masked = next(r for r in rows if r["shape"] == shape and r["path"] == "masked")
+        for r in rows:
+            if r["shape"] == shape:
+                r["speedup_vs_masked"] = masked["min_s"] / r["min_s"]
+                r["speedup_vs_glu"] = glu_time["min_s"] / r["min_s"]
+    rows.append({"shape": "crammed-bert GLU 768->3072->768", "path": "glu", "tokens": tokens, **glu_time,
+                 "tokens_per_s": tokens / glu_time["min_s"], "speedup_vs_glu": 1.0})  # fmt: skip
+    return rows
+
+
+def bench_model_step(
+    layers: int, batch: int, seq: int, repeats: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """MLM training step (forward, loss, backward) of shallow full-width models, tokens/s."""
+    from ultracram.model.build import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    cases = [("crammed-bert", None)] + [
+        ("ultrafastbert-1x11", p) for p in ("masked", "gather", "conditional")
+    ]
+    for preset, path in cases:
+        config = get_preset(preset, num_layers=layers)
+        torch.manual_seed(0)
+        model = build_model(config, "mlm").to(device)
+        if path is not None:
+            for m in model.modules():
+                if isinstance(m, FastFeedForward):
+                    m.implementation = path
+        ids = torch.randint(5, config.vocab_size, (batch, seq), generator=gen).to(device)
+        labels = torch.where(torch.rand(batch, seq, generator=gen).to(device) < 0.15, ids, IGNORE_INDEX)
+
+        def step(model=model, ids=ids, labels=labels):
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=labels).loss.backward()
+
+        t = _time(step, repeats, device)
+        rows.append({"preset": preset, "layers": layers, "path": path or "glu", **t,
+                     "tokens_per_s": batch * seq / t["min_s"]})  # fmt: skip
+    glu = rows[0]["min_s"]
+    masked = rows[1]["min_s"]
+    for r in rows:
+        r["speedup_vs_crammed"] = glu / r["min_s"]
+        r["speedup_vs_masked"] = masked / r["min_s"] if r["preset"] != "crammed-bert" else None
+    return rows
+
+
+def bench_fff_train(
+    shapes: list[str] | None = None, tokens: int = 2048, repeats: int = 3, model_layers: int = 0,
+    model_batch: int = 4, model_seq: int = 128, device: str = "cpu", dtype: str = "float32",
+    out: str | None = "out/bench/fff_train.json",
+) -> dict[str, Any]:  # fmt: skip
+    """Run the layer benchmark (and the model step unless ``model_layers`` is 0); print, save JSON."""
+    dev = torch.device(device)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    layer_rows = bench_layers(shapes or ["ultrafastbert-1x11", "ultrafastbert-128x4"], tokens, repeats,
+                              dev, torch_dtype)  # fmt: skip
+    print(
+        f"FFF layer forward+backward, {tokens} tokens, {dtype}, {device} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"{'shape':34s} {'path':18s} {'tokens/s':>10s} {'vs masked':>10s} {'vs GLU':>8s} {'max rel err':>12s}"
+    )
+    for r in layer_rows:
+        vm = f"{r['speedup_vs_masked']:.2f}x" if "speedup_vs_masked" in r else "-"
+        err = f"{r['max_rel_err_vs_masked']:.1e}" if "max_rel_err_vs_masked" in r else "-"
+        print(f"{r['shape']:34s} {r['path']:18s} {r['tokens_per_s']:10.0f} {vm:>10s} "
+              f"{r['speedup_vs_glu']:7.2f}x {err:>12s}")  # fmt: skip
+    model_rows = []
+    if model_layers:
+        model_rows = bench_model_step(model_layers, model_batch, model_seq, repeats, dev)
+        print(f"\nMLM training step, {model_layers} layers, batch {model_batch} x seq {model_seq}, fp32")
+        for r in model_rows:
+            vm = f"{r['speedup_vs_masked']:.2f}x" if r["speedup_vs_masked"] else "-"
+            print(f"{r['preset']:20s} {r['path']:12s} {r['tokens_per_s']:9.0f} tok/s  vs masked {vm:>6s}  "
+                  f"vs crammed {r['speedup_vs_crammed']:.2f}x")  # fmt: skip
+    result = {
+        "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "note": "times are the minimum over repeats; the machine may be shared (see median_s)",
+        "layers": layer_rows,
+        "model_step": model_rows,
+    }
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out}")
+    return result
