@@ -202,6 +202,7 @@ def bench_ffn(
         "checks": checks,
         "all_outputs_match": all(c["ok"] for c in checks),
     }  # fmt: skip
+    print(markdown_table(report))
     _write(report, out)
     if plot:
         plot_ffn(report, plot)
@@ -277,8 +278,43 @@ def bench_model(
         "ratios": ratios,
         "checks": checks,
     }  # fmt: skip
+    print(markdown_table(report))
     _write(report, out)
     return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The speed-ups of a ``bench_ffn`` or ``bench_model`` report as a Markdown table."""
+    if report["benchmark"] == "ffn":
+        fast = "triton" if report["config"]["device"] == "cuda" else "cpu"
+        by = {(r["threads"], r["tokens"], r["path"]): r["min_s"] for r in report["results"]}
+        lines = [f"| threads | tokens | {fast} (us) | dense (us) | GLU (us) | masked (us) | "
+                 f"{fast} vs dense | {fast} vs GLU | {fast} vs masked |",
+                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for row in report["ratios"]:
+            k = (row["threads"], row["tokens"])
+            lines.append(
+                f"| {k[0]} | {k[1]} | {by[(*k, fast)] * 1e6:,.1f} | {by[(*k, 'dense')] * 1e6:,.0f} | "
+                f"{by[(*k, 'glu')] * 1e6:,.0f} | {by[(*k, 'masked')] * 1e6:,.0f} | "
+                f"{row[f'{fast}_vs_dense']:.0f}x | {row[f'{fast}_vs_glu']:.0f}x | {row[f'{fast}_vs_masked']:.0f}x |"
+            )
+        return "\n".join(lines)
+    base = report["config"]["baseline"]
+    by = {(r["threads"], r["batch"], r["model"]): r for r in report["results"]}
+    checks = {(c["threads"], c["batch"]): c for c in report["checks"]}
+    lines = [f"| threads | batch x seq | for_inference (tok/s) | masked (tok/s) | {base} (tok/s) | "
+             f"vs masked | vs {base} | max rel. error | tokens off |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for row in report["ratios"]:
+        k = (row["threads"], row["batch"])
+        c = checks[k]
+        lines.append(
+            f"| {k[0]} | {k[1]} x {report['config']['seq_len']} | {by[(*k, 'fff_fast')]['tokens_per_s']:,.0f} | "
+            f"{by[(*k, 'fff_masked')]['tokens_per_s']:,.0f} | {by[(*k, base)]['tokens_per_s']:,.0f} | "
+            f"{row['fast_vs_masked']:.2f}x | {row[f'fast_vs_{base}']:.2f}x | {c['max_relative_error']:.1e} | "
+            f"{c['tokens_off']} / {c['tokens']} |"
+        )
+    return "\n".join(lines)
 
 
 def _write(report: dict[str, Any], out: str | Path | None) -> None:
