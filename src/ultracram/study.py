@@ -1,0 +1,335 @@
+"""The comparison study: raw text -> one tokenizer and one set of shards -> for each model,
+pretraining under the same budget, GLUE fine-tuning, inference speed -> one report.
+
+Every stage writes its result before the next starts, and a rerun of the same study skips
+what is finished (a model is done once ``models/<name>/result.json`` exists; pretraining and
+GLUE resume from their own states), so a study killed half-way continues where it stopped.
+
+Layout of ``out_dir``::
+
+    study.json                the study's settings (a rerun must use the same)
+    tokenizer/tokenizer.json  one tokenizer for every model
+    shards/                   one set of token shards for every model
+    models/<name>/pretrain/   the pretraining run (metrics.csv, final/ checkpoint, ...)
+    models/<name>/glue/       GLUE runs and results.json
+    models/<name>/result.json what the report shows for this model
+    report.md, report.html, figures/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ultracram import __version__
+from ultracram.config import get_preset
+from ultracram.errors import UltracramError
+
+TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
+
+
+class StudyError(UltracramError):
+    """The study cannot run or resume as asked."""
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What defines a study; a rerun in the same directory must agree on all of it."""
+
+    models: tuple[str, ...] = TINY_MODELS
+    """Presets to compare (``ultracram models`` lists them)."""
+    budget: str = "60s"
+    """Pretraining budget per model: wall-clock (``1h``, ``90s``) or tokens (``5M-tokens``)."""
+    corpus: tuple[str, ...] = ()
+    """Raw text files or directories; empty: the embedded Wikipedia sample."""
+    glue: str = ""
+    """GLUE directory in the glue_data layout; empty: the embedded GLUE slices."""
+    glue_tasks: str = "all"
+    """GLUE tasks (comma separated, or all)."""
+    glue_epochs: int | None = None
+    """Fine-tuning epochs (default: the protocol's, 5 for GLUE-sane)."""
+    glue_max_train: int | None = None
+    """Cap on training examples per GLUE task (None: all)."""
+    seeds: int = 1
+    """Fine-tuning seeds per task (the median is reported)."""
+    vocab_size: int | None = None
+    """Tokenizer vocabulary; default: the largest preset vocabulary among the models."""
+    seq_len: int = 128
+    """Pretraining sequence length."""
+    micro_batch_size: int = 32
+    """Pretraining sequences per forward/backward pass."""
+    batch_size: int | None = None
+    """Pretraining target batch (default: the recipe's, ramped by accumulation)."""
+    seed: int = 0
+    """Seed for pretraining."""
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra PretrainConfig fields applied to every model (e.g. {"lr": 5e-4})."""
+
+
+def embedded_corpus() -> Path:
+    return Path(str(resources.files("ultracram") / "resources" / "sample" / "wiki-sample.txt.xz"))
+
+
+def embedded_glue() -> Path:
+    return Path(str(resources.files("ultracram") / "resources" / "sample" / "glue"))
+
+
+def _check_settings(out: Path, settings: StudySettings) -> None:
+    """Record the settings on first run; refuse to mix a different study into the directory."""
+    path = out / "study.json"
+    mine = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as stored
+    if path.is_file():
+        stored = json.loads(path.read_text())["settings"]
+        diff = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
+        if diff:
+            raise StudyError(
+                f"{out} holds a study with different settings ({', '.join(diff)}); "
+                "use another --out directory, or the same settings to resume"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": mine, "environment": environment()}, indent=2) + "\n")
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, so the study can be repeated."""
+    import importlib.metadata as md
+    import os
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    env: dict[str, Any] = {
+        "ultracram": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        **{p: version(p) for p in ("torch", "lightning", "tokenizers", "numba", "triton", "transformers")},
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+    return env
+
+
+def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None]) -> Path:
+    """One tokenizer and one set of shards for every model (skipped when already there)."""
+    from ultracram.data.corpus import find_text_files, iter_file_documents, prepare_corpus
+    from ultracram.data.tokenizer import train_tokenizer
+
+    inputs = [Path(p) for p in settings.corpus] or [embedded_corpus()]
+    tok_path = out / "tokenizer" / "tokenizer.json"
+    if not tok_path.is_file():
+        vocab = settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
+        log(f"training a {vocab}-token WordPiece tokenizer on {', '.join(map(str, inputs))}")
+        docs = (d for f in find_text_files(inputs) for d in iter_file_documents(f))
+        tok = train_tokenizer(docs, vocab_size=vocab)
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tok_path.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(tok_path)
+    shards = out / "shards"
+    log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
+    prepare_corpus(inputs, shards, tok_path, seq_len=settings.seq_len)
+    return shards
+
+
+def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log) -> dict[str, Any]:
+    from ultracram.train.pretrain import pretrain
+    from ultracram.train.pretrain_config import PretrainConfig
+    from ultracram.train.state import latest_state
+
+    run = out / "models" / model / "pretrain"
+    summary_path = run / "summary.json"
+    if summary_path.is_file() and (run / "final" / "config.json").is_file():
+        return json.loads(summary_path.read_text())
+    resume = latest_state(run / "states") is not None
+    log(f"{model}: {'resuming' if resume else 'starting'} pretraining, budget {settings.budget}")
+    fields = {
+        "preset": model, "data": str(shards), "out": str(run), "budget": settings.budget, "seed": settings.seed,
+        "micro_batch_size": settings.micro_batch_size, "checkpoint_every_min": 2.0, "progress": True,
+        "log_every_steps": 2,  # short runs still need a curve
+        **({"batch_size": settings.batch_size} if settings.batch_size else {}), **settings.pretrain_overrides,
+    }  # fmt: skip
+    return pretrain(PretrainConfig.from_dict(fields), resume=resume)
+
+
+def inference_tokens_per_s(
+    model: torch.nn.Module, seq_len: int, device: str, batch: int = 8, repeats: int = 3
+) -> float:
+    """Encoder throughput through ultracram's inference path (FFF layers on their fastest kernel)."""
+    from ultracram.model import for_inference
+
+    encoder = for_inference(model.encoder.to(device), device)
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, vocab, (batch, seq_len), device=device)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        encoder(ids, mask)  # warm-up: kernels compile, caches fill
+        best = math.inf
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            encoder(ids, mask)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    return batch * seq_len / best
+
+
+def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[list[float]] | None:
+    """Per FFF layer: [fraction of leaves reached, normalised routing entropy over leaves] on
+    the last ``rows`` sequences of the shards."""
+    import numpy as np
+
+    from ultracram.data.corpus import TokenShards
+    from ultracram.kernels import fff_paths
+    from ultracram.model import FastFeedForward
+
+    layers = [m for m in model.modules() if isinstance(m, FastFeedForward)]
+    if not layers:
+        return None
+    shards = TokenShards(shards_dir)
+    n = min(rows, len(shards))
+    ids = torch.from_numpy(shards.get_rows(np.arange(len(shards) - n, len(shards))))
+    leaves: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def record(module: FastFeedForward, args, _out) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1])
+            logits = F.linear(x, module.linear_in.weight, module.linear_in.bias)
+            path = fff_paths(logits, module.depth, module.trees)  # (T, K, D+1)
+            first_leaf = 2**module.depth - 1
+            leaf = path[:, :, -1] - first_leaf + torch.arange(module.trees) * 2**module.depth  # (T, K)
+            leaves[index] = torch.bincount(leaf.flatten(), minlength=module.trees * 2**module.depth)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            model.eval().encoder(ids, torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+    usage = []
+    for i in range(len(layers)):
+        counts = leaves[i].double()
+        p = counts[counts > 0] / counts.sum()
+        entropy = float(-(p * p.log()).sum() / math.log(len(counts))) if len(counts) > 1 else 1.0
+        usage.append([float((counts > 0).double().mean()), entropy])
+    return usage
+
+
+def run_model(
+    out: Path, model: str, shards: Path, glue_dir: Path, settings: StudySettings, log
+) -> dict[str, Any]:
+    """Pretrain, fine-tune and measure one model; returns (and stores) its report row."""
+    from ultracram.checkpoint import load_checkpoint
+    from ultracram.data.glue import TASKS, eval_columns
+    from ultracram.model import flops_per_token, parameter_counts
+    from ultracram.train.finetune import run_glue
+    from ultracram.train.metrics import read_metrics
+
+    summary = _pretrain(out, model, shards, settings, log)
+    run = out / "models" / model / "pretrain"
+    overrides: dict[str, Any] = {}
+    if settings.glue_epochs is not None:
+        overrides["epochs"] = settings.glue_epochs
+    if settings.glue_max_train is not None:
+        overrides["max_train_examples"] = settings.glue_max_train
+    log(f"{model}: GLUE fine-tuning ({settings.glue_tasks})")
+    glue = run_glue([f"{model}={run / 'final'}"], [glue_dir], out / "models" / model / "glue",
+                    tasks=settings.glue_tasks, seeds=settings.seeds, overrides=overrides, log=log)  # fmt: skip
+    entry = glue["checkpoints"][0]
+    scores = {}  # paper column order, MNLI-m and MNLI-mm separately, main metric x100
+    for c in eval_columns():
+        r = entry["tasks"].get(c.task, {}).get("summary", {}).get(c.split)
+        if r:
+            scores[c.label] = 100 * r[TASKS[c.task].main_metric]["median"]
+    mlm = load_checkpoint(run / "final")
+    config = mlm.config
+    log(f"{model}: measuring inference speed")
+    cpu = inference_tokens_per_s(mlm, settings.seq_len, "cpu")
+    gpu = inference_tokens_per_s(mlm, settings.seq_len, "cuda") if torch.cuda.is_available() else None
+    rows = read_metrics(run / "metrics.csv")
+    result = {
+        "model": model, "parameters": parameter_counts(mlm)["total"],
+        "flops_per_token": flops_per_token(config, settings.seq_len)["total"],
+        "tokens_seen": int(summary["tokens"]), "final_mlm_loss": float(summary["final_loss"]),
+        "glue": scores, "glue_average": entry["average"]["value"],
+        "glue_average_covers": entry["average"]["covers"], "cpu_tokens_per_s": cpu, "gpu_tokens_per_s": gpu,
+        "curve": [{"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows],
+        "fff_usage": fff_usage(mlm.cpu(), shards),
+    }  # fmt: skip
+    path = out / "models" / model / "result.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return result
+
+
+def run_study(
+    out_dir: str | Path = "out/study",
+    models: Sequence[str] = TINY_MODELS,
+    budget: str = "60s",
+    corpus: Sequence[str | Path] = (),
+    glue: str | Path = "",
+    *,
+    log: Callable[[str], None] = print,
+    after_model: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> tuple[Path, Path]:
+    """Run (or resume) a study and write its report; returns (report.md, report.html).
+
+    Defaults give the quick-start study: the five tiny presets, 60 s of pretraining each, on
+    the embedded Wikipedia sample and GLUE slices. ``settings`` are further ``StudySettings``
+    fields. ``after_model`` is called after each finished model (tests use it to kill a study).
+    """
+    from ultracram.report.study_report import ModelResult, write_report
+
+    for m in models:
+        get_preset(m)  # unknown presets fail before any work
+    s = StudySettings(models=tuple(models), budget=budget, corpus=tuple(str(c) for c in corpus), glue=str(glue),
+                      **settings)  # fmt: skip
+    out = Path(out_dir)
+    _check_settings(out, s)
+    glue_dir = Path(s.glue) if s.glue else embedded_glue()
+    if not glue_dir.is_dir():
+        raise StudyError(f"GLUE directory {glue_dir} does not exist")
+    shards = prepare_data(out, s, log)
+    results = []
+    for m in s.models:
+        done = out / "models" / m / "result.json"
+        if done.is_file():
+            log(f"{m}: finished in an earlier run, skipped")
+            results.append(json.loads(done.read_text()))
+        else:
+            results.append(run_model(out, m, shards, glue_dir, s, log))
+        if after_model:
+            after_model(m)
+    covers = sorted({t for r in results for t in r["glue_average_covers"]})
+    notes = [
+        f"Same tokenizer, shards and pretraining budget ({s.budget}) for every model; "
+        f"GLUE dev scores x100, median of {s.seeds} seed(s).",
+        f"GLUE average over the tasks present: {', '.join(covers) or 'none'} (WNLI excluded) - not the full GLUE score."
+        if covers else "No GLUE average.",
+        "Inference throughput: encoder forward, batch 8 x sequence "
+        f"{s.seq_len}, FFF layers on their fastest kernel (ultracram.model.for_inference).",
+    ]  # fmt: skip
+    meta = {"title": "ultracram comparison study", "notes": notes, "settings": json.loads(json.dumps(asdict(s))),
+            "environment": environment()}  # fmt: skip
+    md, page = write_report(out, [ModelResult.from_dict(r) for r in results], meta)
+    log(f"report: {md} and {page} (open it in a browser)")
+    return md, page

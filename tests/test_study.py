@@ -1,0 +1,43 @@
+"""The comparison study end to end on the embedded sample, killed after one model and resumed."""
+
+import json
+
+import pytest
+
+from ultracram.study import StudyError, run_study
+
+SMALL = dict(models=["crammed-bert-tiny", "ultrafastbert-tiny"], budget="4-steps", glue_tasks="sst2",
+             glue_max_train=32, glue_epochs=1, micro_batch_size=8, batch_size=8)  # fmt: skip
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
+    out = tmp_path / "study"
+
+    def kill_after_first(model):
+        if model == "crammed-bert-tiny":
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_study(out, after_model=kill_after_first, log=lambda _: None, **SMALL)
+    first = out / "models" / "crammed-bert-tiny"
+    stamps = {p: p.stat().st_mtime_ns for p in (first / "result.json", first / "pretrain" / "summary.json",
+                                                 first / "glue" / "results.json")}  # fmt: skip
+    assert not (out / "models" / "ultrafastbert-tiny" / "result.json").exists()
+
+    lines = []
+    md, page = run_study(out, log=lines.append, **SMALL)
+    assert "crammed-bert-tiny: finished in an earlier run, skipped" in lines
+    assert not any(line.startswith("crammed-bert-tiny: starting pretraining") for line in lines)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing of model 1 rewritten
+    second = json.loads((out / "models" / "ultrafastbert-tiny" / "result.json").read_text())
+    assert second["tokens_seen"] > 0 and "SST-2" in second["glue"] and second["fff_usage"]
+    report = md.read_text()
+    assert "| crammed-bert-tiny |" in report and "| ultrafastbert-tiny |" in report
+    assert "data:image/png;base64," in page.read_text()
+
+    with pytest.raises(StudyError, match="different settings"):
+        run_study(out, log=lambda _: None, **{**SMALL, "budget": "5-steps"})
