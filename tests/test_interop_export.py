@@ -95,7 +95,7 @@ def test_export_classification_same_logits(tmp_path, preset, num_labels, tokeniz
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_round_trip_export_import_identical_weights(tmp_path, preset, tokenizer_file):
-    for task in ("mlm", "classification"):
+    for task in ("mlm", "classification", "encoder"):
         model, ckpt = _checkpoint(tmp_path, preset, task, tokenizer_file)
         export_checkpoint(ckpt, tmp_path / f"hf-{task}")
         back = load_checkpoint(

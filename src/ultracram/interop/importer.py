@@ -128,8 +128,8 @@ def _from_hf_ultracram(cfg: dict[str, Any], state: dict[str, torch.Tensor], sour
     except ConfigError as e:
         raise ConversionError(str(e)) from e
     task = cfg.get("ultracram_task", "mlm")
-    if task == "encoder" and not any(k.startswith("encoder.") for k in state):
-        state = {f"encoder.{k}": v for k, v in state.items()}  # AutoModel checkpoints have no prefix
+    if task == "encoder":  # ultracram's Encoder, like HF's AutoModel, has no "encoder." prefix
+        state = {k.removeprefix("encoder."): v for k, v in state.items()}
     if config.tie_embeddings and "mlm_head.decoder.weight" in state:
         if not torch.equal(state["mlm_head.decoder.weight"], state.get("encoder.embeddings.word.weight")):
             raise ConversionError(f"{source}: tensor mlm_head.decoder.weight differs from the tied embedding")
