@@ -249,3 +249,29 @@ def test_explain_rejects_non_fff_checkpoint(tmp_path):
     ckpt = save_checkpoint(build_model(config), tmp_path / "m", tokenizer_path=tmp_path / "tokenizer.json")
     with pytest.raises(ExplainError, match="no FFF layers"):
         explain_fff(ckpt, "hello", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_postmortem_on_tiny_real_runs(tmp_path):
+    """Real tiny pretraining runs (the doctor's default setup): lr 1e-3 is healthy, lr 1.0 is named."""
+    from ultracram.doctor.setup import default_setup
+
+    setup = default_setup("crammed-bert-tiny")
+    verdicts = {}
+    for lr in (1e-3, 1.0):
+        model = setup.build_model()
+        opt = setup.optimizer_factory(list(model.parameters()), lr)
+        losses, lrs, gns = [], [], []
+        for step in range(80):
+            lrs.append(lr * min(1.0, (step + 1) / 10))
+            for g in opt.param_groups:
+                g["lr"] = lrs[-1]
+            model.train()
+            opt.zero_grad()
+            loss = setup.compute_loss(model, setup.make_batch(step))
+            loss.backward()
+            gns.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
+            opt.step()
+            losses.append(loss.item())
+        verdicts[lr] = run_postmortem(_write_run(tmp_path / str(lr), losses, lrs, gns)).verdict
+    assert verdicts == {1e-3: "healthy", 1.0: "learning rate too high"}

@@ -124,7 +124,9 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
     window = max(3, n // 20) | 1
     sm = _smooth(loss[: bad if bad is not None else n], window) or [math.nan]
     head = max(3, n // 20)
-    initial = _median(loss[:head])
+    # The first logged loss is the initialisation's (about ln V); a median over the first rows
+    # would include the blow-up of a run that diverges at once.
+    initial = loss[0] if math.isfinite(loss[0]) else _median(loss[:head])
     best_i = min(range(len(sm)), key=lambda i: sm[i] if math.isfinite(sm[i]) else math.inf)
     best = sm[best_i]
     tail = max(3, n // 10)
@@ -151,6 +153,11 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
         stats["first_nonfinite_step"] = steps[bad]
         findings.append(Diagnosis("divergence", "error", f"loss became {loss[bad]} at step {int(steps[bad])}"
                                   f"{lr_at(bad)}", int(steps[bad])))  # fmt: skip
+        diverged = True
+    elif final > initial + max(0.1, 0.05 * abs(initial)):
+        findings.append(
+            Diagnosis("divergence", "error", f"loss ended at {final:.3f}, above its start {initial:.3f}")
+        )
         diverged = True
     elif best < initial - 0.1 and final >= initial - 0.1 * (initial - best):
         findings.append(Diagnosis("divergence", "error", f"loss fell to {best:.3f} at step {int(steps[best_i])} "
