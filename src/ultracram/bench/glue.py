@@ -1,0 +1,120 @@
+"""``ultracram bench glue``: how long GLUE fine-tuning takes per task and model preset.
+
+Each preset is built with random weights (speed does not depend on what the weights are)
+and a tokenizer trained on the embedded Wikipedia sample, then fine-tuned for one epoch on a
+fixed subset of each task's train set and evaluated on a subset of its dev set. From the
+measured seconds per example, the time of the full task under the chosen protocol (all
+train examples x epochs, plus the full dev set) is extrapolated. Ratios are against the
+first preset, measured in the same run (other processes on the machine shift the absolute
+numbers, much less the ratios).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ultracram.data.glue import find_split, load_split, parse_tasks
+from ultracram.train.finetune import FinetuneSettings, finetune_run, resolve_settings, subsample
+
+DEFAULT_PRESETS = ("crammed-bert-tiny", "bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
+
+
+def _tiny_checkpoint(preset: str, directory: Path, tokenizer_path: Path, vocab_size: int) -> Path:
+    from ultracram.checkpoint import save_checkpoint
+    from ultracram.config import get_preset
+    from ultracram.model import build_model
+
+    config = get_preset(preset, vocab_size=vocab_size)
+    return save_checkpoint(build_model(config, "mlm"), directory / preset, tokenizer_path=tokenizer_path)
+
+
+def bench_glue(
+    glue_dirs: Sequence[str | Path],
+    *,
+    presets: Sequence[str] = DEFAULT_PRESETS,
+    tasks: str = "cola,sst2,mrpc,stsb,rte,wnli",
+    max_train_examples: int = 256,
+    max_eval_examples: int = 256,
+    protocol: str = "sane",
+    device: str | None = None,
+    out: str | Path | None = "out/bench/glue.json",
+) -> dict[str, Any]:
+    """Seconds per task per preset (measured on subsets, extrapolated to the full task)."""
+    from ultracram.data.tokenizer import train_tokenizer
+    from ultracram.quickstart import read_sample_paragraphs
+
+    chosen = [t for t in parse_tasks(tasks) if find_split(t, "train", glue_dirs) is not None]
+    settings = resolve_settings(chosen, protocol)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ultracram-bench-glue-") as tmp:
+        tmp_path = Path(tmp)
+        tok = train_tokenizer(read_sample_paragraphs(), vocab_size=4096)
+        tok.save(str(tmp_path / "tokenizer.json"))
+        data = {}
+        for t in chosen:
+            train = load_split(t, "train", glue_dirs)
+            devs = [load_split(t, s, glue_dirs) for s in t.dev_splits if find_split(t, s, glue_dirs)]
+            data[t.name] = (train, devs)
+        for preset in presets:
+            ckpt = _tiny_checkpoint(
+                preset, tmp_path / "ckpt", tmp_path / "tokenizer.json", tok.get_vocab_size()
+            )
+            for t in chosen:
+                full = settings[t.name]
+                train, devs = data[t.name]
+                s = dataclasses.replace(full, epochs=1.0, checkpoint_every=10**9)
+                sub_train = subsample(train, max_train_examples)
+                sub_devs = [subsample(d, max_eval_examples) for d in devs]
+                start = time.perf_counter()
+                r = finetune_run(
+                    ckpt, sub_train, sub_devs, s, 0, tmp_path / "runs" / preset / t.name, device=dev
+                )
+                total = time.perf_counter() - start
+                per_train = r["train_seconds"] / len(sub_train)
+                per_eval = r["eval_seconds"] / sum(len(d) for d in sub_devs)
+                full_s = per_train * len(train) * full.epochs + per_eval * sum(len(d) for d in devs)
+                rows.append({"preset": preset, "task": t.display, "train_examples": len(sub_train),
+                             "seconds": total, "train_ms_per_example": 1e3 * per_train,
+                             "eval_ms_per_example": 1e3 * per_eval, "full_task_seconds": full_s})  # fmt: skip
+    base = {r["task"]: r["full_task_seconds"] for r in rows if r["preset"] == presets[0]}
+    for r in rows:
+        r["ratio_vs_" + presets[0]] = r["full_task_seconds"] / base[r["task"]]
+    result = {"device": str(dev), "protocol": protocol, "torch_threads": torch.get_num_threads(),
+              "max_train_examples": max_train_examples, "max_eval_examples": max_eval_examples,
+              "settings": {k: dataclasses.asdict(v) for k, v in settings.items()}, "rows": rows}  # fmt: skip
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(bench_markdown(result, presets[0]))
+    return result
+
+
+def bench_markdown(result: dict[str, Any], reference: str) -> str:
+    """Markdown: extrapolated minutes per full task, one row per preset, one column per task."""
+    tasks = list(dict.fromkeys(r["task"] for r in result["rows"]))
+    presets = list(dict.fromkeys(r["preset"] for r in result["rows"]))
+    cell = {(r["preset"], r["task"]): r for r in result["rows"]}
+    lines = [f"| preset ({result['device']}) | " + " | ".join(tasks) + " | all | ratio vs " + reference + " |",
+             "|---|" + "---:|" * (len(tasks) + 2)]  # fmt: skip
+    ref_total = sum(cell[reference, t]["full_task_seconds"] for t in tasks)
+    for p in presets:
+        total = sum(cell[p, t]["full_task_seconds"] for t in tasks)
+        lines.append(f"| {p} | " + " | ".join(f"{cell[p, t]['full_task_seconds'] / 60:.1f}" for t in tasks)
+                     + f" | {total / 60:.1f} | {total / ref_total:.2f} |")  # fmt: skip
+    return "\n".join(lines) + (
+        f"\n\nMinutes per full task ({result['protocol']} protocol, 1 seed), extrapolated from "
+        f"{result['max_train_examples']} train / {result['max_eval_examples']} dev examples per task; "
+        f"{result['torch_threads']} torch threads.\n"
+    )
+
+
+__all__ = ["DEFAULT_PRESETS", "FinetuneSettings", "bench_glue", "bench_markdown"]

@@ -1,0 +1,1 @@
+"""Training: pretraining (MLM under a budget) and GLUE fine-tuning."""

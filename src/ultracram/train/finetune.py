@@ -1,0 +1,800 @@
+"""GLUE fine-tuning and evaluation: protocols, seeds, medians, resumable runs.
+
+``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
+sets and writes ``results.json`` and ``results.md`` (the papers' table layout). The default
+protocol is cramming's "GLUE-sane" (Geiping & Goldstein 2022, sec. 5): 5 epochs, batch 16,
+AdamW lr 4e-5 with betas (0.9, 0.98) and eps 1e-6, no weight decay, cosine schedule with 10%
+warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler on [CLS].
+``bert`` is BERT's original recipe (Devlin et al. 2019, sec. 4.1 and A.3): 3 epochs, batch 32,
+lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
+decay with 10% warmup, weight decay 0.01, pooler as wide as the model.
+
+Each (checkpoint, task, seed) run lives in its own directory. Its training state (model,
+optimizer, scheduler, RNG, step) is saved atomically every ``checkpoint_every`` steps with
+``ultracram.train.state`` (safetensors + JSON, nothing unpickled); a
+rerun resumes from it and skips runs whose ``result.json`` exists. Batches depend only on
+(seed, epoch), so a resumed run sees exactly the batches the uninterrupted one would have.
+
+The loop is plain PyTorch on one device (no Fabric): a fine-tuning run is small, and one
+function (``_autocast``) picks the precision: bf16 autocast on CUDA, fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ultracram.checkpoint import load_checkpoint, read_checkpoint_config
+from ultracram.data.glue import (
+    TASKS,
+    GlueDataError,
+    GlueSplit,
+    GlueTask,
+    compute_metrics,
+    eval_columns,
+    find_split,
+    load_split,
+    parse_tasks,
+)
+from ultracram.errors import UltracramError
+from ultracram.train.state import (
+    capture_rng_state,
+    latest_state,
+    load_train_state,
+    restore_rng_state,
+    save_train_state,
+)
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+class FinetuneError(UltracramError, ValueError):
+    """Bad fine-tuning settings or a run directory that does not match them."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Hyperparameters of one fine-tuning run. Field docstrings feed the docs."""
+
+    epochs: float = 5.0
+    """Passes over the training set (fractions allowed)."""
+    batch_size: int = 16
+    """Training examples per step."""
+    lr: float = 4e-5
+    """Peak learning rate of AdamW."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.98
+    """AdamW beta2 (cramming: 0.98; BERT: 0.999)."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (never on biases and LayerNorm weights)."""
+    schedule: Schedule = "cosine"
+    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
+    warmup_fraction: float = 0.1
+    """Fraction of the steps with linear warmup from 0."""
+    max_length: int = 128
+    """Longest tokenised example; longer pairs are truncated longest-first."""
+    dropout: float = 0.1
+    """Dropout on embeddings and sublayer outputs during fine-tuning."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities during fine-tuning."""
+    classifier_dropout: float = 0.1
+    """Dropout before the classifier."""
+    pooler: Literal["cls_tanh", "cls", "mean"] = "cls_tanh"
+    """Pooling of the encoder output (dense+tanh on [CLS], raw [CLS], or the mean)."""
+    pooler_size: int | None = 1024
+    """Width of the cls_tanh pooler; None = the model's hidden size (BERT)."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value; None = no clipping."""
+    max_train_examples: int | None = None
+    """Use a fixed random subset of this many training examples (same for every seed)."""
+    max_eval_examples: int | None = None
+    """Evaluate on a fixed random subset of each dev set (scores then differ from the full dev)."""
+    length_grouping: bool = True
+    """Group examples of similar length into batches (within shuffled chunks of 50 batches)."""
+    eval_batch_size: int = 64
+    """Examples per evaluation batch."""
+    checkpoint_every: int = 500
+    """Save the resumable training state every this many steps (and at the end of training)."""
+
+    def __post_init__(self) -> None:
+        problems = _problems(dataclasses.asdict(self))
+        if problems:
+            raise FinetuneError("invalid fine-tuning settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _problems(v: dict[str, Any]) -> list[str]:
+    out = []
+    for name in ("epochs", "lr", "eps"):
+        if not v[name] > 0:
+            out.append(f"{name}: must be > 0, got {v[name]}")
+    for name in ("batch_size", "max_length", "eval_batch_size", "checkpoint_every"):
+        if v[name] < 1:
+            out.append(f"{name}: must be >= 1, got {v[name]}")
+    for name in ("beta1", "beta2", "dropout", "attention_dropout", "classifier_dropout", "warmup_fraction"):
+        if not 0 <= v[name] < 1:
+            out.append(f"{name}: must be in [0, 1), got {v[name]}")
+    for name in ("max_train_examples", "max_eval_examples", "pooler_size"):
+        if v[name] is not None and v[name] < 1:
+            out.append(f"{name}: must be >= 1 or none, got {v[name]}")
+    if v["max_length"] < 3:
+        out.append(f"max_length: must leave room for [CLS] and [SEP], got {v['max_length']}")
+    return out
+
+
+PROTOCOLS: dict[str, FinetuneSettings] = {
+    "sane": FinetuneSettings(),
+    "bert": FinetuneSettings(epochs=3.0, batch_size=32, lr=2e-5, beta2=0.999, weight_decay=0.01,
+                             schedule="linear", pooler_size=None, grad_clip=1.0),
+}  # fmt: skip
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A CLI/JSON value for field ``name`` in the field's type; raises ValueError."""
+    hint = typing.get_type_hints(FinetuneSettings)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("may not be none")
+    base = args[0] if optional else hint
+    if typing.get_origin(base) is Literal:
+        if value not in typing.get_args(base):
+            raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(base)))}")
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ValueError("expected true or false")
+    if base is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("expected an integer")
+        return int(value)
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)
+    return value
+
+
+def resolve_settings(
+    tasks: Sequence[GlueTask],
+    protocol: str = "sane",
+    overrides: dict[str, Any] | None = None,
+    task_overrides: dict[str, dict[str, Any]] | None = None,
+    where: str = "settings",
+) -> dict[str, FinetuneSettings]:
+    """Settings per task: the protocol, then ``overrides`` for every task, then the task's own
+    ``task_overrides``. Every unknown key, bad value and unknown task is reported at once."""
+    if protocol not in PROTOCOLS:
+        raise FinetuneError(f"{where}: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    problems: list[str] = []
+
+    def clean(values: dict[str, Any], label: str) -> dict[str, Any]:
+        out = {}
+        for k, v in values.items():
+            if k not in fields:
+                problems.append(f"{label}: unknown setting {k!r} (known: {', '.join(sorted(fields))})")
+                continue
+            try:
+                out[k] = _coerce(k, v)
+            except (ValueError, TypeError) as e:
+                problems.append(f"{label}: {k}={v!r}: {e}")
+        return out
+
+    common = clean(overrides or {}, "all tasks")
+    per_task = {}
+    for name, values in (task_overrides or {}).items():
+        key = name.lower().replace("-", "")
+        if key not in TASKS:
+            problems.append(f"unknown task {name!r} in per-task settings (known: {', '.join(TASKS)})")
+            continue
+        per_task[key] = clean(values, key)
+    result = {}
+    for t in tasks:
+        values = {**dataclasses.asdict(PROTOCOLS[protocol]), **common, **per_task.get(t.name, {})}
+        problems += [f"{t.name}: {p}" for p in _problems(values)]
+        if not problems:
+            result[t.name] = FinetuneSettings(**values)
+    if problems:
+        raise FinetuneError(f"invalid {where}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return result
+
+
+def load_settings_file(path: str | Path) -> dict[str, Any]:
+    """A JSON settings file: ``{"protocol": "sane", "all": {...}, "tasks": {"rte": {...}}}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FinetuneError(f"{path}: cannot read the settings file as JSON: {e}") from e
+    unknown = set(data) - {"protocol", "all", "tasks"}
+    if not isinstance(data, dict) or unknown:
+        raise FinetuneError(f"{path}: unknown key(s) {sorted(unknown)}; expected protocol, all, tasks")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Data: tokenisation, length-grouped batches, dynamic padding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids per example (unpadded), token types and labels of one split."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    labels: torch.Tensor  # (N,) long for classes, float for regression
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_split(split: GlueSplit, tokenizer, max_length: int) -> EncodedSplit:
+    """Tokenise with the checkpoint's tokenizer (``[CLS] A [SEP] B [SEP]``), truncating pairs
+    longest-first to ``max_length``, without padding (batches are padded dynamically)."""
+    tok = _copy_tokenizer(tokenizer)
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    inputs = list(zip(split.text_a, split.text_b, strict=True)) if split.text_b is not None else split.text_a
+    encodings = tok.encode_batch(inputs)
+    dtype = torch.float32 if split.task.is_regression else torch.long
+    return EncodedSplit([e.ids for e in encodings], [e.type_ids for e in encodings],
+                        torch.tensor(split.labels, dtype=dtype))  # fmt: skip
+
+
+def _copy_tokenizer(tokenizer):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer.to_str())
+
+
+def batch_order(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: bool = True
+) -> list[list[int]]:
+    """The batches (lists of example indices) of one epoch, determined by (seed, epoch).
+
+    With ``group``, a random permutation is cut into chunks of 50 batches, each chunk sorted
+    by length and cut into batches, and the batch order shuffled (like HF's length-grouped
+    sampler): examples in a batch have similar lengths, so dynamic padding wastes little.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    if not group:
+        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(perm), chunk):
+        part = sorted(perm[start : start + chunk], key=lambda i: -lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in order]
+
+
+def collate(data: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to the longest among them: input_ids, attention_mask,
+    token_type_ids (B, T) and labels (B,)."""
+    longest = max(len(data.ids[i]) for i in indices)
+    ids = torch.full((len(indices), longest), pad_id, dtype=torch.long)
+    types = torch.zeros((len(indices), longest), dtype=torch.long)
+    mask = torch.zeros((len(indices), longest), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.ids[i])
+        ids[row, :n] = torch.tensor(data.ids[i])
+        types[row, :n] = torch.tensor(data.type_ids[i])
+        mask[row, :n] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "labels": data.labels[list(indices)],
+    }
+
+
+def subsample(split: GlueSplit, limit: int | None) -> GlueSplit:
+    """A fixed random subset of ``limit`` examples (the same for every seed and rerun)."""
+    if limit is None or limit >= len(split):
+        return split
+    g = torch.Generator().manual_seed(0)
+    return split.subset(sorted(torch.randperm(len(split), generator=g)[:limit].tolist()))
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser, schedule, precision
+# --------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, s: FinetuneSettings) -> torch.optim.AdamW:
+    """AdamW; with weight decay, biases and LayerNorm weights (1-D tensors) are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps)
+
+
+def lr_factor(step: int, total: int, s: FinetuneSettings) -> float:
+    """Multiplier of the peak lr at ``step``: linear warmup, then cosine/linear decay to 0."""
+    warmup = math.ceil(s.warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if s.schedule == "cosine" else max(0.0, 1 - progress)
+
+
+def _autocast(device: torch.device):
+    """The one place precision is chosen: bf16 autocast on CUDA, full fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _inference_mode(model: nn.Module) -> nn.Module:
+    """``ultracram.model.for_inference`` when the model package has it (fast FFF paths),
+    otherwise plain eval mode."""
+    import ultracram.model as models
+
+    prepare: Callable | None = getattr(models, "for_inference", None)
+    if prepare is not None:
+        prepared = prepare(model)
+        model = prepared if isinstance(prepared, nn.Module) else model
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic, resumable state
+# --------------------------------------------------------------------------------------------
+
+STATE_DIR = "states"
+RESULT_NAME = "result.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temp file, fsync, rename over ``path``: a crash
+    leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, mode) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_state(directory: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
+    """Model, optimizer, scheduler, RNG and step, atomically and pickle-free
+    (``ultracram.train.state``); only the newest state is kept."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "rng": capture_rng_state()}  # fmt: skip
+    save_train_state(directory, step, state, keep_last=1)
+
+
+def load_state(directory: Path, model: nn.Module, optimizer, scheduler) -> int:
+    """Restore the newest state ``save_state`` wrote; returns the step to continue from
+    (0 when there is none)."""
+    path = latest_state(directory)
+    if path is None:
+        return 0
+    state = load_train_state(path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise FinetuneError(
+            f"{path}: cannot resume from this training state ({e}); delete it to restart"
+        ) from e
+    restore_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names and bytes): equal digests = equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Interrupted(Exception):
+    """Raised by the test hook ``stop_after_steps`` to simulate a kill."""
+
+
+# --------------------------------------------------------------------------------------------
+# One run: a checkpoint, a task, a seed
+# --------------------------------------------------------------------------------------------
+
+
+def settings_dict(s: FinetuneSettings) -> dict[str, Any]:
+    return dataclasses.asdict(s)
+
+
+def finetune_run(
+    checkpoint: str | Path,
+    train: GlueSplit,
+    devs: Sequence[GlueSplit],
+    settings: FinetuneSettings,
+    seed: int,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``checkpoint`` on ``train`` with ``seed`` and evaluate on ``devs``.
+
+    Returns (and writes to ``run_dir/result.json``) the metrics per dev split, the training
+    time and a digest of the final weights. An existing result is returned without training;
+    an existing training state is resumed. ``stop_after_steps`` (tests) stops the run after
+    that many optimizer steps in this call, as a kill would.
+    """
+    from ultracram.data.tokenizer import load_tokenizer
+
+    run_dir, device = Path(run_dir), torch.device(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = train.task
+    ident = {"checkpoint": str(Path(checkpoint).resolve()), "task": task.name, "seed": seed,
+             "settings": settings_dict(settings), "train_examples": len(train),
+             "dev_examples": {d.split: len(d) for d in devs}}  # fmt: skip
+    _check_run_identity(run_dir, ident)
+    if (run_dir / RESULT_NAME).is_file():
+        return json.loads((run_dir / RESULT_NAME).read_text())
+
+    s = settings
+    meta = read_checkpoint_config(checkpoint)
+    torch.manual_seed(seed)  # the new head's initialisation depends on the seed
+    model = load_checkpoint(
+        checkpoint, task="classification", num_labels=task.num_labels,
+        config_overrides={"dropout": s.dropout, "attention_dropout": s.attention_dropout,
+                          "classifier_dropout": s.classifier_dropout, "pooler": s.pooler,
+                          "pooler_size": s.pooler_size or meta["model"]["hidden_size"]},
+    ).to(device)  # fmt: skip
+    config = model.config
+    tokenizer = load_tokenizer(checkpoint)
+    max_length = min(s.max_length, config.max_seq_len)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    pad_id = config.pad_token_id if pad_id is None else pad_id
+    use_types = config.type_vocab_size > 0
+    train_enc = encode_split(train, tokenizer, max_length)
+    lengths = [len(x) for x in train_enc.ids]
+    steps_per_epoch = math.ceil(len(train_enc) / s.batch_size)
+    total = max(1, math.ceil(s.epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, total, s))
+
+    state_dir = run_dir / STATE_DIR
+    step = load_state(state_dir, model, optimizer, scheduler)
+    resumed_from = step
+    start = time.perf_counter()
+    model.train()
+    epoch_batches: tuple[int, list[list[int]]] = (-1, [])
+    done_here = 0
+    while step < total:
+        epoch = step // steps_per_epoch
+        if epoch_batches[0] != epoch:
+            epoch_batches = (epoch, batch_order(lengths, s.batch_size, seed, epoch, s.length_grouping))
+        batch = collate(train_enc, epoch_batches[1][step % steps_per_epoch], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device):
+            out = model(batch["input_ids"], batch["attention_mask"],
+                        batch["token_type_ids"] if use_types else None, labels=batch["labels"])  # fmt: skip
+        if not torch.isfinite(out.loss):
+            raise FinetuneError(f"{task.display} seed {seed}: non-finite loss at step {step}; lower the lr "
+                                f"(now {s.lr}) or enable grad_clip")  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if s.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        done_here += 1
+        if step % s.checkpoint_every == 0 or step == total:
+            save_state(state_dir, model, optimizer, scheduler, step)
+        if stop_after_steps is not None and done_here >= stop_after_steps and step < total:
+            raise _Interrupted(f"stopped after {done_here} steps at step {step}")
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    digest = weights_digest(model)
+    model = _inference_mode(model)
+    scores = {d.split: evaluate(model, d, tokenizer, max_length, s.eval_batch_size, device, use_types, pad_id)
+              for d in devs}  # fmt: skip
+    result = {**ident, "metrics": scores, "steps": total, "resumed_from_step": resumed_from,
+              "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
+              "weights_sha256": digest}  # fmt: skip
+    atomic_write(run_dir / RESULT_NAME, lambda f: f.write(json.dumps(result, indent=2) + "\n"), mode="w")
+    shutil.rmtree(state_dir, ignore_errors=True)  # the result is final; the optimizer state is not needed
+    return result
+
+
+def _check_run_identity(run_dir: Path, ident: dict[str, Any]) -> None:
+    path = run_dir / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != ident:
+            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            if "settings" in diff:
+                diff += [
+                    f"settings.{k}"
+                    for k in ident["settings"]
+                    if old["settings"].get(k) != ident["settings"][k]
+                ]
+            raise FinetuneError(f"{run_dir} holds a run with other {', '.join(diff)}; use another --out "
+                                "or delete that directory to start over")  # fmt: skip
+    else:
+        atomic_write(path, lambda f: f.write(json.dumps(ident, indent=2) + "\n"), mode="w")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: EncodedSplit, batch_size: int, device: torch.device, use_types: bool, pad_id: int
+) -> torch.Tensor:
+    """Class ids (N,) or regression scores (N,), in the split's order. Batches are sorted by
+    length so that dynamic padding wastes little."""
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    out = torch.empty(len(data), dtype=data.labels.dtype)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+        with _autocast(device):
+            logits = model(
+                b["input_ids"], b["attention_mask"], b["token_type_ids"] if use_types else None
+            ).logits
+        logits = logits.float().cpu()
+        out[idx] = logits if logits.ndim == 1 else logits.argmax(-1)
+    return out
+
+
+def evaluate(model, split: GlueSplit, tokenizer, max_length: int, batch_size: int, device, use_types: bool,
+             pad_id: int) -> dict[str, float]:  # fmt: skip
+    """The task's metrics of ``model`` on ``split``."""
+    enc = encode_split(split, tokenizer, max_length)
+    preds = predict(model, enc, batch_size, torch.device(device), use_types, pad_id)
+    return compute_metrics(split.task, preds.tolist(), enc.labels.tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# Everything: checkpoints x tasks x seeds -> results.json + results.md
+# --------------------------------------------------------------------------------------------
+
+
+def split_checkpoint_arg(arg: str | Path) -> tuple[str | None, Path]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` -> (None, DIR)."""
+    text = str(arg)
+    name, sep, path = text.partition("=")
+    if sep and name and "/" not in name:
+        return name, Path(path)
+    return None, Path(text)
+
+
+def checkpoint_labels(checkpoints: Sequence[str | Path]) -> list[str]:
+    """Table names for checkpoints: the NAME of ``NAME=DIR``, else the directory name (its
+    parent's when the directory is called ``model``), with parents added on clashes."""
+    parsed = [split_checkpoint_arg(c) for c in checkpoints]
+    paths = [p.resolve() for _, p in parsed]
+    depth = 1
+    while True:
+        labels = [
+            name or "/".join(p.parts[-(depth + (p.name == "model")) :])
+            for (name, _), p in zip(parsed, paths, strict=True)
+        ]
+        if len(set(labels)) == len(labels) or depth > 8:
+            return labels
+        depth += 1
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{split: {metric: {"median": m, "values": [per seed]}}}, as the papers report."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in per_seed[0]["metrics"]:
+        out[split] = {}
+        for metric in per_seed[0]["metrics"][split]:
+            values = [r["metrics"][split][metric] for r in per_seed]
+            out[split][metric] = {"median": _median(values), "values": values}
+    return out
+
+
+def glue_average(task_results: dict[str, Any], include_wnli: bool = False) -> dict[str, Any]:
+    """The GLUE score as in cramming: the mean over dev columns (MNLI-m and MNLI-mm separately)
+    of each task's main metric (x100), WNLI excluded by default. With tasks missing, the mean
+    over those present and the list of what it covers."""
+    cols = [c for c in eval_columns() if include_wnli or c.task != "wnli"]
+    present, values = [], []
+    for c in cols:
+        r = task_results.get(c.task, {}).get("summary", {}).get(c.split)
+        if r:
+            present.append(c.label)
+            values.append(100 * r[TASKS[c.task].main_metric]["median"])
+    missing = [c.label for c in cols if c.label not in present]
+    return {"value": sum(values) / len(values) if values else None, "covers": present, "missing": missing,
+            "complete": not missing}  # fmt: skip
+
+
+def run_glue(
+    checkpoints: Sequence[str | Path],
+    glue_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    tasks: str | Sequence[str] = "all",
+    seeds: int = 1,
+    protocol: str = "sane",
+    overrides: dict[str, Any] | None = None,
+    task_overrides: dict[str, dict[str, Any]] | None = None,
+    device: str | None = None,
+    include_wnli: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fine-tune and evaluate every checkpoint on every task with ``seeds`` seeds; write
+    ``out_dir/results.json`` and ``out_dir/results.md``. Reruns skip finished runs and resume
+    interrupted ones. Tasks without a train split are skipped with a note."""
+    from ultracram.report.glue_table import glue_markdown
+
+    if not checkpoints:
+        raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
+    if seeds < 1:
+        raise FinetuneError(f"seeds must be >= 1, got {seeds}")
+    labels = checkpoint_labels(checkpoints)
+    checkpoints = [split_checkpoint_arg(c)[1] for c in checkpoints]
+    for c in checkpoints:
+        read_checkpoint_config(c)  # fail early on a bad checkpoint, before any training
+        if not (Path(c) / "tokenizer.json").is_file():
+            raise FinetuneError(f"checkpoint {c} has no tokenizer.json; GLUE needs the pretraining tokenizer")
+    chosen = parse_tasks(tasks)
+    settings = resolve_settings(chosen, protocol, overrides, task_overrides)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data: dict[str, tuple[GlueSplit, list[GlueSplit]]] = {}
+    notes: list[str] = []
+    for t in chosen:
+        if find_split(t, "train", glue_dirs) is None:
+            notes.append(f"{t.display} skipped: no train split in {', '.join(map(str, glue_dirs))} "
+                         f"(expected {t.display}/train.tsv or {t.name}/train-*.parquet)")  # fmt: skip
+            continue
+        s = settings[t.name]
+        train = subsample(load_split(t, "train", glue_dirs), s.max_train_examples)
+        devs = []
+        for split in t.dev_splits:
+            try:
+                devs.append(subsample(load_split(t, split, glue_dirs), s.max_eval_examples))
+            except GlueDataError:
+                if find_split(t, split, glue_dirs) is not None:
+                    raise
+                notes.append(f"{t.display}: no {split} split found; not evaluated on it")
+        if not devs:
+            notes.append(f"{t.display} skipped: no dev split found")
+            continue
+        data[t.name] = (train, devs)
+    for n in notes:
+        log(f"note: {n}")
+
+    results: dict[str, Any] = {"protocol": protocol, "seeds": list(range(seeds)), "device": str(dev),
+                               "settings": {k: settings_dict(v) for k, v in settings.items()},
+                               "glue_dirs": [str(d) for d in glue_dirs], "notes": notes, "checkpoints": []}  # fmt: skip
+    for ckpt, label in zip(checkpoints, labels, strict=True):
+        entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
+        for name, (train, devs) in data.items():
+            per_seed = []
+            for seed in range(seeds):
+                run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
+                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, device=dev)
+                per_seed.append(r)
+                scores = ", ".join(
+                    f"{sp} {m} {v:.4f}" for sp, ms in r["metrics"].items() for m, v in ms.items()
+                )
+                log(f"{label} {TASKS[name].display} seed {seed}: {scores} "
+                    f"({r['train_seconds']:.0f}s train, {r['steps']} steps)")  # fmt: skip
+            entry["tasks"][name] = {
+                "train_examples": len(train), "dev_examples": {d.split: len(d) for d in devs},
+                "summary": summarize(per_seed),
+                "train_seconds": [r["train_seconds"] for r in per_seed],
+            }  # fmt: skip
+        entry["average"] = glue_average(entry["tasks"], include_wnli)
+        results["checkpoints"].append(entry)
+        _write_results(out, results)
+    _write_results(out, results)
+    (out / "results.md").write_text(glue_markdown(results))
+    log((out / "results.md").read_text())
+    return results
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    atomic_write(out / "results.json", lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
+
+
+def iter_results(results: dict[str, Any]) -> Iterator[tuple[str, str, str, float]]:
+    """(checkpoint label, column label, metric, median) for every reported score."""
+    for entry in results["checkpoints"]:
+        for c in eval_columns():
+            r = entry["tasks"].get(c.task, {}).get("summary", {}).get(c.split)
+            if r:
+                for metric, v in r.items():
+                    yield entry["label"], c.label, metric, v["median"]
+
+
+def parse_set_options(options: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``KEY=VALUE`` (every task) and ``TASK.KEY=VALUE`` (one task) -> (overrides, per task).
+    Values stay strings here; ``resolve_settings`` converts them to each field's type."""
+    common: dict[str, Any] = {}
+    per_task: dict[str, dict[str, Any]] = {}
+    bad = []
+    for opt in options:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            bad.append(opt)
+            continue
+        task, dot, field = key.rpartition(".")
+        (per_task.setdefault(task, {}) if dot else common)[field] = value
+    if bad:
+        raise FinetuneError(f"--set expects KEY=VALUE or TASK.KEY=VALUE (e.g. lr=2e-5, rte.epochs=10), "
+                            f"got {', '.join(map(repr, bad))}")  # fmt: skip
+    return common, per_task
+
+
+def run_glue_command(
+    checkpoints: Sequence[str],
+    glue_dirs: Sequence[str],
+    out_dir: str,
+    *,
+    tasks: str = "all",
+    seeds: int = 1,
+    protocol: str | None = None,
+    settings_file: str | None = None,
+    set_options: Sequence[str] = (),
+    shortcuts: dict[str, Any] | None = None,
+    device: str | None = None,
+    include_wnli: bool = False,
+) -> dict[str, Any]:
+    """``ultracram glue``: merge the settings file, the flag shortcuts (``--epochs`` ...) and
+    ``--set`` options, in that order of increasing priority, then ``run_glue``."""
+    file = load_settings_file(settings_file) if settings_file else {}
+    common = {**file.get("all", {}), **{k: v for k, v in (shortcuts or {}).items() if v is not None}}
+    per_task = {k: dict(v) for k, v in file.get("tasks", {}).items()}
+    set_common, set_tasks = parse_set_options(set_options)
+    common.update(set_common)
+    for k, v in set_tasks.items():
+        per_task.setdefault(k, {}).update(v)
+    return run_glue(checkpoints, glue_dirs, out_dir, tasks=tasks, seeds=seeds,
+                    protocol=protocol or file.get("protocol", "sane"), overrides=common,
+                    task_overrides=per_task, device=device, include_wnli=include_wnli)  # fmt: skip

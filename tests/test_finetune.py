@@ -1,0 +1,197 @@
+"""GLUE fine-tuning: it learns, it does not flatter, it resumes exactly, settings and tables."""
+
+import itertools
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from ultracram.checkpoint import save_checkpoint
+from ultracram.config import get_preset
+from ultracram.data.glue import TASKS, GlueSplit, load_glue_tsv
+from ultracram.data.tokenizer import train_tokenizer
+from ultracram.model import build_model
+from ultracram.report.glue_table import glue_markdown
+from ultracram.train.finetune import (
+    PROTOCOLS,
+    FinetuneError,
+    _Interrupted,
+    batch_order,
+    collate,
+    encode_split,
+    finetune_run,
+    glue_average,
+    lr_factor,
+    parse_set_options,
+    resolve_settings,
+    run_glue,
+    subsample,
+)
+
+SST2 = TASKS["sst2"]
+
+
+@pytest.fixture(scope="module")
+def sst2(shared_data, tmp_path_factory) -> tuple[GlueSplit, GlueSplit]:
+    """SST-2 train and dev, unpacked from ../shared/data/glue."""
+    root = tmp_path_factory.mktemp("sst2")
+    with tarfile.open(shared_data / "glue" / "glue_data.tar.xz") as tar:
+        members = [
+            m for m in tar.getmembers() if m.name.startswith("glue_data/SST-2/") and "test" not in m.name
+        ]
+        tar.extractall(root, members=members, filter="data")
+    d = root / "glue_data" / "SST-2"
+    return load_glue_tsv("sst2", d / "train.tsv"), load_glue_tsv("sst2", d / "dev.tsv")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(sst2, tmp_path_factory) -> Path:
+    """A random-init crammed-bert-tiny with a WordPiece tokenizer trained on SST-2 text."""
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = train_tokenizer(subsample(sst2[0], 5000).text_a, vocab_size=2000)
+    tok.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = build_model(get_preset("crammed-bert-tiny", vocab_size=tok.get_vocab_size()), "mlm")
+    return save_checkpoint(model, root / "tiny", tokenizer_path=root / "tokenizer.json")
+
+
+# From random weights a [CLS] pooler needs many steps to find a signal; mean pooling sees the
+# bag of words at once, so a few hundred steps suffice. lr is raised for random init.
+FAST = {"epochs": 3, "lr": 1e-3, "pooler": "mean", "batch_size": 16}
+
+
+def _fast(**extra):
+    return resolve_settings([SST2], "sane", {**FAST, **extra})["sst2"]
+
+
+def test_learns_and_shuffled_labels_give_chance(sst2, tiny_checkpoint, tmp_path):
+    train, dev = subsample(sst2[0], 800), sst2[1]
+    majority = max(dev.labels.count(0), dev.labels.count(1)) / len(dev)
+    learned = finetune_run(tiny_checkpoint, train, [dev], _fast(), 0, tmp_path / "real")
+    acc = learned["metrics"]["dev"]["accuracy"]
+    assert acc > majority + 0.07, (acc, majority)
+    # Same run with the training labels permuted: nothing generalisable is left to learn.
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(1)).tolist()
+    shuffled = GlueSplit(train.task, "train", train.text_a, None, [train.labels[i] for i in perm], "shuffled")
+    chance = finetune_run(tiny_checkpoint, shuffled, [dev], _fast(), 0, tmp_path / "shuffled")
+    assert abs(chance["metrics"]["dev"]["accuracy"] - 0.5) < 0.06, chance["metrics"]
+    assert acc - chance["metrics"]["dev"]["accuracy"] > 0.07
+
+
+def test_killed_and_resumed_run_ends_like_uninterrupted(sst2, tiny_checkpoint, tmp_path):
+    train, dev = subsample(sst2[0], 160), subsample(sst2[1], 100)
+    s = _fast(epochs=2, checkpoint_every=4)  # 20 steps, a state every 4; dropout is on
+    whole = finetune_run(tiny_checkpoint, train, [dev], s, 3, tmp_path / "whole")
+    with pytest.raises(_Interrupted):  # killed after step 11: steps 9..11 are lost
+        finetune_run(tiny_checkpoint, train, [dev], s, 3, tmp_path / "cut", stop_after_steps=11)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    with pytest.raises(_Interrupted):  # killed again, inside the second epoch
+        finetune_run(tiny_checkpoint, train, [dev], s, 3, tmp_path / "cut", stop_after_steps=8)
+    resumed = finetune_run(tiny_checkpoint, train, [dev], s, 3, tmp_path / "cut")
+    assert resumed["resumed_from_step"] == 16 and whole["resumed_from_step"] == 0
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    assert resumed["metrics"] == whole["metrics"]
+    other_seed = finetune_run(tiny_checkpoint, train, [dev], s, 4, tmp_path / "seed4")
+    assert other_seed["weights_sha256"] != whole["weights_sha256"]  # the digest does discriminate
+    # A finished run is not retrained; a changed setting in the same directory is an error.
+    assert finetune_run(tiny_checkpoint, train, [dev], s, 3, tmp_path / "cut") == resumed
+    with pytest.raises(FinetuneError, match=r"settings.lr"):
+        finetune_run(
+            tiny_checkpoint, train, [dev], _fast(epochs=2, checkpoint_every=4, lr=1e-4), 3, tmp_path / "cut"
+        )
+
+
+def test_batches_are_grouped_deterministic_and_complete(sst2, tiny_checkpoint):
+    from ultracram.data.tokenizer import load_tokenizer
+
+    data = encode_split(subsample(sst2[0], 500), load_tokenizer(tiny_checkpoint), 128)
+    lengths = [len(x) for x in data.ids]
+    a = batch_order(lengths, 16, seed=0, epoch=1)
+    assert a == batch_order(lengths, 16, seed=0, epoch=1) and a != batch_order(lengths, 16, seed=0, epoch=2)
+    assert sorted(i for b in a for i in b) == list(range(500))
+    padded = sum(16 * max(lengths[i] for i in b) for b in a)
+    ungrouped = sum(16 * max(lengths[i] for i in b) for b in batch_order(lengths, 16, 0, 1, group=False))
+    assert padded < 0.8 * ungrouped  # dynamic padding + grouping saves real work
+    batch = collate(data, a[0], pad_id=0)
+    n = [lengths[i] for i in a[0]]
+    assert batch["input_ids"].shape == (len(a[0]), max(n))
+    assert batch["attention_mask"].sum(1).tolist() == n
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+
+
+def test_settings_protocols_and_overrides():
+    tasks = [TASKS["rte"], TASKS["sst2"]]
+    s = resolve_settings(tasks, "sane", {"lr": "2e-5"}, {"RTE": {"epochs": "10", "grad_clip": "none"}})
+    assert s["rte"].epochs == 10.0 and s["rte"].lr == 2e-5 and s["sst2"].epochs == 5.0
+    sane = PROTOCOLS["sane"]
+    assert (sane.batch_size, sane.lr, sane.beta2, sane.eps, sane.weight_decay, sane.schedule, sane.pooler_size) == (
+        16, 4e-5, 0.98, 1e-6, 0.0, "cosine", 1024)  # fmt: skip
+    assert resolve_settings(tasks, "bert")["rte"].schedule == "linear"
+    with pytest.raises(FinetuneError) as e:
+        resolve_settings(tasks, "sane", {"lrr": 1, "batch_size": "many", "dropout": 1.5}, {"rtee": {}})
+    msg = str(e.value)
+    assert all(p in msg for p in ("'lrr'", "batch_size='many'", "dropout: must be in [0, 1)", "'rtee'"))
+    with pytest.raises(FinetuneError, match="unknown protocol"):
+        resolve_settings(tasks, "roberta")
+    assert parse_set_options(["lr=1e-4", "rte.epochs=3"]) == ({"lr": "1e-4"}, {"rte": {"epochs": "3"}})
+    with pytest.raises(FinetuneError, match="KEY=VALUE"):
+        parse_set_options(["lr"])
+
+
+def test_schedule():
+    s = PROTOCOLS["sane"]
+    factors = [lr_factor(k, 100, s) for k in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+
+
+def _write_task(root: Path, display: str, header: str, rows: list[str], splits=("train", "dev")):
+    (root / display).mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (root / display / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_run_glue_table_average_and_rerun(tiny_checkpoint, tmp_path):
+    glue = tmp_path / "glue"
+    words = ["good", "great", "fine", "bad", "awful", "poor"]
+    _write_task(
+        glue, "SST-2", "sentence\tlabel", [f"{w} movie \t{int(i % 6 < 3)}" for i, w in enumerate(words * 8)]
+    )
+    _write_task(glue, "STS-B", "index\tsentence1\tsentence2\tscore",
+                [f"{i}\ta {w}\tthe {w}\t{i % 5}.0" for i, w in enumerate(words * 4)])  # fmt: skip
+    _write_task(glue, "QNLI", "index\tquestion\tsentence\tlabel", ["0\tq?\ts.\tentailment"], splits=("dev",))
+    lines: list[str] = []
+    common = dict(tasks="sst2,stsb,qnli", seeds=2, overrides={"epochs": 1, "lr": 1e-3}, log=lines.append)
+    res = run_glue([f"a={tiny_checkpoint}", f"b={tiny_checkpoint}"], [glue], tmp_path / "out", **common)
+    assert any("QNLI skipped: no train split" in n for n in res["notes"])
+    a = res["checkpoints"][0]
+    assert list(a["tasks"]) == ["sst2", "stsb"] and a["tasks"]["sst2"]["summary"]["dev"]["accuracy"]["values"]
+    want = (100 * a["tasks"]["sst2"]["summary"]["dev"]["accuracy"]["median"]
+            + 100 * a["tasks"]["stsb"]["summary"]["dev"]["spearman"]["median"]) / 2  # fmt: skip
+    assert a["average"]["value"] == pytest.approx(want) and a["average"]["covers"] == ["SST-2", "STS-B"]
+    assert not a["average"]["complete"] and "QNLI" in a["average"]["missing"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.splitlines()[0] == "| checkpoint | SST-2 | STS-B | Avg (partial) |"
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:4]] == ["| a", "| b"]
+    assert "average over 2 column(s) only (SST-2, STS-B)" in table and "QNLI skipped" in table
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["checkpoints"][1]["label"] == "b"
+    # Rerun: every run is finished, so the results come back unchanged and nothing trains.
+    again = run_glue([f"a={tiny_checkpoint}", f"b={tiny_checkpoint}"], [glue], tmp_path / "out", **common)
+    assert again["checkpoints"] == res["checkpoints"]
+
+
+def test_glue_average_full_and_wnli():
+    def entry(t, score):
+        return {"summary": {s: {m: {"median": score} for m in TASKS[t].metrics} for s in TASKS[t].dev_splits}}
+
+    tasks = {t: entry(t, 0.5) for t in TASKS}
+    tasks["wnli"] = entry("wnli", 0.1)
+    avg = glue_average(tasks)
+    assert avg["complete"] and avg["value"] == pytest.approx(50.0) and len(avg["covers"]) == 9
+    assert glue_average(tasks, include_wnli=True)["value"] == pytest.approx((9 * 50 + 10) / 10)
+    md = glue_markdown({"checkpoints": [{"label": "m", "tasks": tasks, "average": avg}], "seeds": [0],
+                        "protocol": "sane", "settings": {}, "notes": []})  # fmt: skip
+    assert md.splitlines()[0].endswith("| WNLI | GLUE avg |") and "MNLI-m | MNLI-mm" in md.splitlines()[0]
