@@ -67,7 +67,7 @@ def _fast(**extra):
 
 
 def test_learns_and_shuffled_labels_give_chance(sst2, tiny_checkpoint, tmp_path):
-    train, dev = subsample(sst2[0], 800), sst2[1]
+    train, dev = subsample(sst2[0], 1200), sst2[1]
     majority = max(dev.labels.count(0), dev.labels.count(1)) / len(dev)
     learned = finetune_run(tiny_checkpoint, train, [dev], _fast(), 0, tmp_path / "real")
     acc = learned["metrics"]["dev"]["accuracy"]

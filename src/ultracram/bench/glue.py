@@ -68,6 +68,11 @@ def bench_glue(
             ckpt = _tiny_checkpoint(
                 preset, tmp_path / "ckpt", tmp_path / "tokenizer.json", tok.get_vocab_size()
             )
+            # Warm-up run, not timed: first calls pay for lazy initialisation (JIT kernels, allocator).
+            first_train, first_devs = data[chosen[0].name]
+            warm = dataclasses.replace(settings[chosen[0].name], epochs=1.0, checkpoint_every=10**9)
+            finetune_run(ckpt, subsample(first_train, 32), [subsample(first_devs[0], 32)], warm, 0,
+                         tmp_path / "warmup" / preset, device=dev)  # fmt: skip
             for t in chosen:
                 full = settings[t.name]
                 train, devs = data[t.name]

@@ -54,12 +54,14 @@ def glue_markdown(results: dict[str, Any]) -> str:
             )
     if "WNLI" in [c.label for c in cols]:
         foot.append("WNLI is shown but not averaged (as in BERT and cramming).")
-    limits = {k: (v["max_train_examples"], v["max_eval_examples"]) for k, v in results["settings"].items()
-              if k in present}  # fmt: skip
-    limited = [
-        f"{TASKS[k].display} (train {a or 'all'}, dev {b or 'all'})" for k, (a, b) in limits.items() if a or b
-    ]
+    limited = []
+    for name, r in results["checkpoints"][0]["tasks"].items() if results["checkpoints"] else []:
+        full = r.get("available_examples", {})
+        used = {"train": r.get("train_examples", 0), **r.get("dev_examples", {})}
+        cut = [f"{split} {n} of {full[split]}" for split, n in used.items() if n < full.get(split, n)]
+        if cut:
+            limited.append(f"{TASKS[name].display} ({', '.join(cut)})")
     if limited:
-        foot.append("Subsampled: " + ", ".join(limited) + ".")
+        foot.append("Subsampled (fixed random subsets): " + "; ".join(limited) + ".")
     foot += [f"Note: {n}" for n in results.get("notes", [])]
     return "\n".join(lines + foot) + "\n"

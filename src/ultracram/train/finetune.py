@@ -686,6 +686,7 @@ def run_glue(
     out.mkdir(parents=True, exist_ok=True)
 
     data: dict[str, tuple[GlueSplit, list[GlueSplit]]] = {}
+    full_sizes: dict[str, dict[str, int]] = {}  # examples before subsampling, per split
     notes: list[str] = []
     for t in chosen:
         if find_split(t, "train", glue_dirs) is None:
@@ -693,11 +694,15 @@ def run_glue(
                          f"(expected {t.display}/train.tsv or {t.name}/train-*.parquet)")  # fmt: skip
             continue
         s = settings[t.name]
-        train = subsample(load_split(t, "train", glue_dirs), s.max_train_examples)
+        full_train = load_split(t, "train", glue_dirs)
+        train = subsample(full_train, s.max_train_examples)
+        full_sizes[t.name] = {"train": len(full_train)}
         devs = []
         for split in t.dev_splits:
             try:
-                devs.append(subsample(load_split(t, split, glue_dirs), s.max_eval_examples))
+                full_dev = load_split(t, split, glue_dirs)
+                full_sizes[t.name][split] = len(full_dev)
+                devs.append(subsample(full_dev, s.max_eval_examples))
             except GlueDataError:
                 if find_split(t, split, glue_dirs) is not None:
                     raise
@@ -727,6 +732,7 @@ def run_glue(
                     f"({r['train_seconds']:.0f}s train, {r['steps']} steps)")  # fmt: skip
             entry["tasks"][name] = {
                 "train_examples": len(train), "dev_examples": {d.split: len(d) for d in devs},
+                "available_examples": full_sizes[name],
                 "summary": summarize(per_seed),
                 "train_seconds": [r["train_seconds"] for r in per_seed],
             }  # fmt: skip
