@@ -357,15 +357,11 @@ def _autocast(device: torch.device):
 
 
 def _inference_mode(model: nn.Module) -> nn.Module:
-    """``ultracram.model.for_inference`` when the model package has it (fast FFF paths),
-    otherwise plain eval mode."""
-    import ultracram.model as models
+    """Eval mode with the fastest FFF path for the device (``ultracram.model.for_inference``);
+    the fast FFF kernels are inference-only, so this comes after training."""
+    from ultracram.model import for_inference
 
-    prepare: Callable | None = getattr(models, "for_inference", None)
-    if prepare is not None:
-        prepared = prepare(model)
-        model = prepared if isinstance(prepared, nn.Module) else model
-    return model.eval()
+    return for_inference(model)
 
 
 # --------------------------------------------------------------------------------------------
