@@ -132,7 +132,7 @@ class Progress:
     """Where the run is; saved in every training state."""
 
     step: int = 0  # optimizer steps taken
-    micro_step: int = 0  # data position: global micro batches consumed (mlm_batch's step)
+    micro_step: int = 0  # data position: micro batches consumed over all ranks (see fit)
     tokens: int = 0  # tokens trained on (global)
     elapsed_s: float = 0.0  # training wall time, across resumes
     lr_scale: float = 1.0  # lowered by each health recovery
@@ -210,12 +210,13 @@ def model_config_for(config: PretrainConfig, shards) -> ModelConfig:
 
 def select_fff_implementation(model: nn.Module, name: str, device: torch.device) -> None:
     """Point every FFF layer at one implementation. ``auto``: the fastest *trainable* one for
-    the device; today that is ``gather`` everywhere (the numba/Triton kernels are
-    inference-only)."""
+    the device (``ultracram.kernels.default_training_implementation``: the conditional
+    forward+backward kernels where numba / Triton are there, else ``gather``)."""
+    from ultracram.kernels import default_training_implementation
     from ultracram.model import FastFeedForward
 
     if name == "auto":
-        name = "gather"
+        name = default_training_implementation(device)
     for m in model.modules():
         if isinstance(m, FastFeedForward):
             m.implementation = name
@@ -252,8 +253,14 @@ def fit(
         set_learning_rate(optimizer, lr)
         loss_sum = torch.zeros((), device=fabric.device)
         for a in range(accumulation):
-            batch = mlm_batch(shards, step=progress.micro_step + a, batch_size=micro_global, seed=config.seed,
-                              mask_rate=model_config.mask_rate, rank=fabric.global_rank, world_size=world)  # fmt: skip
+            # The data unit is one per-device micro batch, masked on its own: unit u is
+            # mlm_batch(step=u), and micro batch a of this step on rank r is unit
+            # base + a*world + r. So every unit has the exact mask count the sparse head expects,
+            # and a run's batches depend only on the micro batch size and the global batch,
+            # not on how many devices share them (1 device x 4 accumulation = 2 x 2 = 4 x 1).
+            unit = progress.micro_step + a * world + fabric.global_rank
+            batch = mlm_batch(shards, step=unit, batch_size=config.micro_batch_size, seed=config.seed,
+                              mask_rate=model_config.mask_rate)  # fmt: skip
             batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
             with fabric.no_backward_sync(model, enabled=a < accumulation - 1):
                 local_sum, local_count, aux = _mlm_loss_terms(model, batch)
@@ -284,7 +291,7 @@ def fit(
 
         step_tokens = accumulation * micro_global * seq_len
         progress.step += 1
-        progress.micro_step += accumulation
+        progress.micro_step += accumulation * world
         progress.tokens += step_tokens
         step_time = time.perf_counter() - t0
         progress.elapsed_s += _synced_time(fabric, step_time)
@@ -480,8 +487,8 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     total = torch.zeros((), device=fabric.device)
     count = torch.zeros((), device=fabric.device)
     for i in range(config.val_batches):
-        batch = mlm_batch(shards, step=i, batch_size=config.micro_batch_size * world, seed=config.seed + 10_007,
-                          mask_rate=model_config.mask_rate, rank=fabric.global_rank, world_size=world)  # fmt: skip
+        batch = mlm_batch(shards, step=i * world + fabric.global_rank, batch_size=config.micro_batch_size,
+                          seed=config.seed + 10_007, mask_rate=model_config.mask_rate)  # fmt: skip
         batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
         s, c, _ = _mlm_loss_terms(model, batch)
         total += s

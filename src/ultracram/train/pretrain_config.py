@@ -88,7 +88,7 @@ class PretrainConfig:
     compile: bool = False
     """torch.compile the model (static shapes: fixed micro batch, sparse MLM head)."""
     fff_implementation: str = "auto"
-    """FFF implementation for FFF presets (ultracram.kernels.FFF_IMPLEMENTATIONS); auto: gather."""
+    """FFF implementation for FFF presets (ultracram.kernels.FFF_IMPLEMENTATIONS); auto: the fastest trainable one."""
     nan_lr_factor: float = 0.5
     """After a non-finite loss/gradient: roll back and multiply the learning rate by this."""
     max_recoveries: int = 3

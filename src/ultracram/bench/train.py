@@ -1,0 +1,148 @@
+"""``ultracram bench train``: training throughput (tokens/s) and MFU of each preset.
+
+Each preset runs ``warmup`` untimed and then ``steps`` timed MLM training steps (forward,
+backward, clipping, AdamW) on one fixed random batch, through the same Fabric setup, optimizer,
+FFF implementation choice and loss as ``ultracram pretrain``. MFU = tokens/s x 3 x forward
+FLOPs per token (``ultracram.model.flops_per_token``) / peak FLOP/s (``train.metrics.peak_flops``:
+data sheet on GPUs, measured fp32 matmul peak on CPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ultracram.config import get_preset, preset_names
+
+FULL_PRESETS = ["bert-base", "crammed-bert", "ultrafastbert-1x11", "ultrafastbert-128x4", "fnet", "switch"]
+
+
+def tiny_presets() -> list[str]:
+    return [p for p in preset_names() if p.endswith("-tiny")]
+
+
+def bench_train(
+    presets: list[str] | None = None,
+    *,
+    full: bool = False,
+    steps: int | None = None,
+    warmup: int = 2,
+    batch_size: int | None = None,
+    seq_len: int = 128,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    out: str | Path | None = "out/bench/train.json",
+) -> dict[str, Any]:
+    """Measure every preset (default: the tiny ones, plus the full ones with ``full``) and
+    write a JSON report; returns it. ``steps``/``batch_size`` default to 10/32 for tiny and
+    3/8 for full-size presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ultracram.train.metrics import peak_flops
+    from ultracram.train.pretrain import PretrainConfig, setup
+
+    names = presets or (tiny_presets() + (FULL_PRESETS if full else []))
+    fabric = setup(PretrainConfig(accelerator=device, devices="1", precision=precision))  # type: ignore[arg-type]
+    peak, peak_source = peak_flops(fabric.device)
+    console = Console()
+    results = []
+    for name in names:
+        small = name.endswith("-tiny")
+        n_steps = steps or (10 if small else 3)
+        batch = batch_size or (32 if small else 8)
+        results.append(_bench_one(fabric, name, n_steps, warmup, batch, seq_len, compile, peak))
+        r = results[-1]
+        console.print(f"{name}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
+    report = {
+        "device": str(fabric.device),
+        "device_name": torch.cuda.get_device_name(fabric.device) if fabric.device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "precision": getattr(fabric.strategy.precision, "precision", "?"),
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "seq_len": seq_len,
+        "compile": compile,
+        "results": results,
+    }  # fmt: skip
+    table = Table(title=f"training throughput on {report['device_name']} ({report['precision']}, peak "
+                  f"{peak / 1e9:,.0f} GFLOP/s: {peak_source})")  # fmt: skip
+    for col in ("preset", "params", "batch", "steps", "s/step", "tokens/s", "GFLOP/s", "MFU"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for r in results:
+        table.add_row(r["preset"], f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"]), str(r["steps"]),
+                      f"{r['seconds_per_step']:.3f}", f"{r['tokens_per_s']:,.0f}",
+                      f"{r['flops_per_s'] / 1e9:,.1f}", f"{r['mfu']:.1%}")  # fmt: skip
+    console.print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {out}")
+    return report
+
+
+def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: int, compile: bool,
+               peak: float) -> dict[str, Any]:  # fmt: skip
+    from ultracram.data.mlm import mask_tokens
+    from ultracram.data.tokenizer import SPECIAL_TOKENS
+    from ultracram.model import build_model, flops_per_token, parameter_counts
+    from ultracram.train.optim import build_optimizer
+    from ultracram.train.pretrain import _mlm_loss_terms, select_fff_implementation
+    from ultracram.train.pretrain_config import RECIPES
+
+    config = get_preset(name, max_seq_len=max(seq_len, get_preset(name).max_seq_len))
+    recipe = RECIPES["bert" if name.startswith("bert") else "cramming"]
+    fabric.seed_everything(0, verbose=False)
+    with fabric.init_module():
+        model = build_model(config, "mlm")
+    select_fff_implementation(model, "auto", fabric.device)
+    params = parameter_counts(model)["total"]
+    optimizer = build_optimizer(model, lr=recipe["lr"], betas=(recipe["beta1"], recipe["beta2"]),
+                                eps=recipe["eps"], weight_decay=recipe["weight_decay"])  # fmt: skip
+    if compile:
+        model = torch.compile(model)
+    model, optimizer = fabric.setup(model, optimizer)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(len(SPECIAL_TOKENS), config.vocab_size, (batch, seq_len), generator=g)
+    masked, labels = mask_tokens(ids, config.mask_rate, mask_token_id=SPECIAL_TOKENS.index("[MASK]"),
+                                 vocab_size=config.vocab_size, special_ids=list(range(len(SPECIAL_TOKENS))),
+                                 generator=g)  # fmt: skip
+    data = {"input_ids": fabric.to_device(masked), "labels": fabric.to_device(labels)}
+
+    def step() -> None:
+        total, count, aux = _mlm_loss_terms(model, data)
+        loss = total / count.clamp_min(1)
+        if aux is not None:
+            loss = loss + config.moe_aux_loss_weight * aux
+        fabric.backward(loss)
+        fabric.clip_gradients(model, optimizer, max_norm=recipe["grad_clip"], error_if_nonfinite=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    _sync(fabric.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(fabric.device)
+    seconds = (time.perf_counter() - t0) / steps
+    tokens_per_s = batch * seq_len / seconds
+    flops = 3 * flops_per_token(config, seq_len)["total"] * tokens_per_s
+    return {"preset": name, "parameters": params, "batch_size": batch, "steps": steps,
+            "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "flops_per_s": flops,
+            "mfu": flops / peak if peak else float("nan")}  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["FULL_PRESETS", "bench_train", "tiny_presets"]
