@@ -50,6 +50,11 @@ MAX_DOC_CHARS = 1 << 20
 file with no blank lines at all."""
 
 
+SORT_BUFFER_TOKENS = 1 << 24
+"""The length-sorting buffer is also flushed at this many tokens (64 MiB as uint32), so its memory
+stays bounded whatever the document sizes."""
+
+
 class DataError(UltracramError, ValueError):
     """Bad pretraining data: the message names the file (and line / byte offset) and the problem."""
 
@@ -283,7 +288,7 @@ class _Packer:
         self.pending: list[np.ndarray] = []  # finished (n, seq_len) blocks not yet in a shard
         self.pending_rows = 0
         self.buffered: list[np.ndarray] = []  # documents waiting to be sorted by length
-        self.buffered_docs = 0
+        self.buffered_docs = self.buffered_tokens = 0
 
     def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         if not len(lengths):
@@ -292,7 +297,8 @@ class _Packer:
             ends = np.cumsum(lengths)
             self.buffered += np.split(ids, ends[:-1])
             self.buffered_docs += len(lengths)
-            if self.buffered_docs >= self.sort_buffer:
+            self.buffered_tokens += len(ids)
+            if self.buffered_docs >= self.sort_buffer or self.buffered_tokens >= SORT_BUFFER_TOKENS:
                 self.flush_sorted()
             return
         self._pack(ids, lengths)
@@ -303,7 +309,7 @@ class _Packer:
         if not self.buffered:
             return
         docs = sorted(self.buffered, key=len)
-        self.buffered, self.buffered_docs = [], 0
+        self.buffered, self.buffered_docs, self.buffered_tokens = [], 0, 0
         self._pack(np.concatenate(docs), np.array([len(d) for d in docs], dtype=np.int64))
 
     def _pack(self, ids: np.ndarray, lengths: np.ndarray) -> None:
@@ -656,7 +662,7 @@ class _Progress:
         if now - self.last < 0.2:
             return
         self.last = now
-        info = (f"{counts['documents']:,} docs  {counts['tokens_encoded'] / 1e6:.1f}M tok  "
+        info = (f"{counts['documents_encoded']:,} docs  {counts['tokens_encoded'] / 1e6:.1f}M tok  "
                 f"{counts['sequences']:,} seqs")  # fmt: skip
         self.bar.update(self.task, completed=done, info=info)
 
