@@ -17,7 +17,7 @@ def _subcommands(parser):
 def test_every_command_explains_itself(capsys):
     parser = build_parser()
     commands = _subcommands(parser)
-    assert {"models", "quickstart", "bench"} <= set(commands)
+    assert {"models", "study", "pretrain", "glue", "bench", "doctor"} <= set(commands)
     for name, sub in commands.items():
         text = sub.format_help()
         assert sub.description, f"`ultracram {name}` has no description"

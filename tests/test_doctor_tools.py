@@ -198,8 +198,8 @@ def test_cli_doctor_run(tmp_path):
 @pytest.fixture(scope="module")
 def fff_checkpoint(tmp_path_factory):
     from ultracram.checkpoint import save_checkpoint
+    from ultracram.data.sample import read_sample_paragraphs
     from ultracram.data.tokenizer import train_tokenizer
-    from ultracram.quickstart import read_sample_paragraphs
 
     d = tmp_path_factory.mktemp("fff")
     tok = train_tokenizer(read_sample_paragraphs()[:1500], vocab_size=1000)
@@ -239,9 +239,9 @@ def test_explain_fff_paths_match_reference(fff_checkpoint, tmp_path):
 
 def test_explain_rejects_non_fff_checkpoint(tmp_path):
     from ultracram.checkpoint import save_checkpoint
+    from ultracram.data.sample import read_sample_paragraphs
     from ultracram.data.tokenizer import train_tokenizer
     from ultracram.doctor.explain import ExplainError, explain_fff
-    from ultracram.quickstart import read_sample_paragraphs
 
     tok = train_tokenizer(read_sample_paragraphs()[:300], vocab_size=300)
     tok.save(str(tmp_path / "tokenizer.json"))

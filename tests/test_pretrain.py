@@ -31,8 +31,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 def shards(tmp_path_factory) -> Path:
     """~400 sequences of 32 tokens, vocabulary 512, from the embedded Wikipedia sample."""
     from ultracram.data.corpus import prepare_corpus
+    from ultracram.data.sample import read_sample_paragraphs
     from ultracram.data.tokenizer import train_tokenizer
-    from ultracram.quickstart import read_sample_paragraphs
 
     d = tmp_path_factory.mktemp("pretrain-data")
     paragraphs = read_sample_paragraphs()[:1500]

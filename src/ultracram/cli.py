@@ -29,26 +29,6 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "quickstart",
-        help="the quick start's main job on the embedded sample data",
-        description="Train a tokenizer on the embedded Wikipedia sample, build a tiny model and run a "
-        "few MLM training steps on CPU, then save a checkpoint.",
-    )
-    p.add_argument("--out", default="out/quickstart", help="output directory (default: %(default)s)")
-    p.add_argument("--preset", default="crammed-bert-tiny", help="model preset (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=60, help="training steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-
-    def run(args: argparse.Namespace) -> None:
-        from ultracram.quickstart import run_quickstart
-
-        run_quickstart(args.out, preset=args.preset, steps=args.steps, seed=args.seed)
-
-    p.set_defaults(func=run)
-
-
 def _add_glue(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "glue",
@@ -496,7 +476,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
-    _add_quickstart,
     _add_bench,
     _add_glue,
     _add_pretrain,

@@ -24,7 +24,6 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from ultracram import __version__
 from ultracram.config import get_preset
+from ultracram.data.sample import sample_corpus_path, sample_glue_dir
 from ultracram.errors import UltracramError
 
 TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
@@ -74,14 +74,6 @@ class StudySettings:
     """Seed for pretraining."""
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra PretrainConfig fields applied to every model (e.g. {"lr": 5e-4})."""
-
-
-def embedded_corpus() -> Path:
-    return Path(str(resources.files("ultracram") / "resources" / "sample" / "wiki-sample.txt.xz"))
-
-
-def embedded_glue() -> Path:
-    return Path(str(resources.files("ultracram") / "resources" / "sample" / "glue"))
 
 
 def _check_settings(out: Path, settings: StudySettings) -> None:
@@ -127,7 +119,7 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
     from ultracram.data.corpus import find_text_files, iter_file_documents, prepare_corpus
     from ultracram.data.tokenizer import train_tokenizer
 
-    inputs = [Path(p) for p in settings.corpus] or [embedded_corpus()]
+    inputs = [Path(p) for p in settings.corpus] or [sample_corpus_path()]
     tok_path = out / "tokenizer" / "tokenizer.json"
     if not tok_path.is_file():
         vocab = settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
@@ -305,7 +297,7 @@ def run_study(
                       **settings)  # fmt: skip
     out = Path(out_dir)
     _check_settings(out, s)
-    glue_dir = Path(s.glue) if s.glue else embedded_glue()
+    glue_dir = Path(s.glue) if s.glue else sample_glue_dir()
     if not glue_dir.is_dir():
         raise StudyError(f"GLUE directory {glue_dir} does not exist")
     shards = prepare_data(out, s, log)

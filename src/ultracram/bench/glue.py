@@ -48,8 +48,8 @@ def bench_glue(
     out: str | Path | None = "out/bench/glue.json",
 ) -> dict[str, Any]:
     """Seconds per task per preset (measured on subsets, extrapolated to the full task)."""
+    from ultracram.data.sample import read_sample_paragraphs
     from ultracram.data.tokenizer import train_tokenizer
-    from ultracram.quickstart import read_sample_paragraphs
 
     chosen = [t for t in parse_tasks(tasks) if find_split(t, "train", glue_dirs) is not None]
     settings = resolve_settings(chosen, protocol)

@@ -274,8 +274,8 @@ def default_setup(
     config = get_preset(preset, **overrides)
     seq_len = min(seq_len, config.max_seq_len)
     if data is None:
+        from ultracram.data.sample import read_sample_paragraphs
         from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
-        from ultracram.quickstart import read_sample_paragraphs
 
         paragraphs = read_sample_paragraphs()
         tok = (
