@@ -27,6 +27,7 @@ from torch import nn
 from ultracram import __version__
 from ultracram.config import ConfigError, ModelConfig, get_preset
 from ultracram.errors import UltracramError
+from ultracram.fileio import fsync_dir
 from ultracram.model import build_model
 
 CONFIG_NAME = "config.json"
@@ -58,14 +59,6 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         seen[key] = name
         out[name] = t.detach().contiguous().cpu()
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -115,7 +108,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ from ultracram import __version__
 from ultracram.config import get_preset
 from ultracram.data.sample import sample_corpus_path, sample_glue_dir
 from ultracram.errors import UltracramError
+from ultracram.fileio import atomic_write_text
 
 TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
 
@@ -265,10 +266,7 @@ def run_model(
         "curve": [{"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows],
         "fff_usage": fff_usage(mlm.cpu(), shards),
     }  # fmt: skip
-    path = out / "models" / model / "result.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(out / "models" / model / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

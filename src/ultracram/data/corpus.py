@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ultracram.errors import UltracramError
+from ultracram.fileio import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -346,29 +347,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    _write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def _vocab_dtype(vocab_size: int) -> np.dtype:
@@ -590,7 +570,7 @@ def _flush_shard(out_dir: Path, packer: _Packer, index: int, shards: list[dict],
     rows = packer.take()
     name = f"shard_{index:05d}.bin"
     data = rows.tobytes()
-    _write_atomic(out_dir / name, data)
+    atomic_write_bytes(out_dir / name, data)
     shards.append({"file": name, "sequences": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
     counts["sequences"] += len(rows)
     return index + 1
@@ -621,7 +601,8 @@ def _clean_dir(out_dir: Path, keep: set[str]) -> None:
     for f in out_dir.iterdir():
         if f.name in keep:
             continue
-        if re.fullmatch(r"shard_\d{5}\.bin", f.name) or (f.name.startswith(".") and f.name.endswith(".tmp")):
+        # Temporary files of ultracram.fileio.atomic_write: ".<name>.tmp-<pid>".
+        if re.fullmatch(r"shard_\d{5}\.bin", f.name) or re.fullmatch(r"\..+\.tmp(-\d+)?", f.name):
             f.unlink()
     if not keep and (out_dir / MANIFEST).exists():
         (out_dir / MANIFEST).unlink()

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import statistics
 import time
@@ -52,6 +51,7 @@ from ultracram.data.glue import (
     parse_tasks,
 )
 from ultracram.errors import UltracramError
+from ultracram.fileio import atomic_write_text
 from ultracram.train.state import (
     capture_rng_state,
     latest_state,
@@ -372,26 +372,6 @@ STATE_DIR = "states"
 RESULT_NAME = "result.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temp file, fsync, rename over ``path``: a crash
-    leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def save_state(directory: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
     """Model, optimizer, scheduler, RNG and step, atomically and pickle-free
     (``ultracram.train.state``); only the newest state is kept."""
@@ -534,7 +514,7 @@ def finetune_run(
     result = {**ident, "metrics": scores, "steps": total, "resumed_from_step": resumed_from,
               "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
               "weights_sha256": digest}  # fmt: skip
-    atomic_write(run_dir / RESULT_NAME, lambda f: f.write(json.dumps(result, indent=2) + "\n"), mode="w")
+    atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     shutil.rmtree(state_dir, ignore_errors=True)  # the result is final; the optimizer state is not needed
     return result
 
@@ -554,7 +534,7 @@ def _check_run_identity(run_dir: Path, ident: dict[str, Any]) -> None:
             raise FinetuneError(f"{run_dir} holds a run with other {', '.join(diff)}; use another --out "
                                 "or delete that directory to start over")  # fmt: skip
     else:
-        atomic_write(path, lambda f: f.write(json.dumps(ident, indent=2) + "\n"), mode="w")
+        atomic_write_text(path, json.dumps(ident, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -742,7 +722,7 @@ def run_glue(
 
 
 def _write_results(out: Path, results: dict[str, Any]) -> None:
-    atomic_write(out / "results.json", lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
 
 
 def iter_results(results: dict[str, Any]) -> Iterator[tuple[str, str, str, float]]:

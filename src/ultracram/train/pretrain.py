@@ -186,12 +186,21 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
         logger = MetricsLogger(out, resume_step=progress.step if resume else None,
                                tensorboard=config.tensorboard, wandb=config.wandb,
                                run_config=config.to_dict())  # fmt: skip
+    monitor = None
+    if config.monitor_every and fabric.global_rank == 0:
+        from ultracram.doctor.monitors import Monitor
+
+        # Hooks on rank zero only: they observe activations and never change the computation.
+        monitor = Monitor(_raw(model), every=config.monitor_every)
     try:
-        fit(fabric, config, budget, model, optimizer, shards, model_config, progress, logger, faults)
+        fit(fabric, config, budget, model, optimizer, shards, model_config, progress, logger, faults, monitor)
         val_loss = validate(fabric, config, model, shards, model_config)
     finally:
         if logger is not None:
             logger.close()
+        if monitor is not None:
+            (out / "monitor.json").write_text(json.dumps(monitor.summary(), indent=2, default=str) + "\n")
+            monitor.close()
     return _finish(fabric, config, model, model_config, shards, progress, val_loss, budget)
 
 
@@ -224,9 +233,10 @@ def select_fff_implementation(model: nn.Module, name: str, device: torch.device)
 
 def fit(
     fabric, config: PretrainConfig, budget: Budget, model, optimizer, shards, model_config: ModelConfig,
-    progress: Progress, logger, faults: FaultInjection | None,
+    progress: Progress, logger, faults: FaultInjection | None, monitor=None,
 ) -> None:  # fmt: skip
-    """The training loop: one iteration = one optimizer step of ``accumulation`` micro batches."""
+    """The training loop: one iteration = one optimizer step of ``accumulation`` micro batches.
+    ``monitor``: an ``ultracram.doctor.monitors.Monitor`` told about every finished step."""
     from ultracram.data.mlm import mlm_batch
     from ultracram.model import flops_per_token
     from ultracram.train.metrics import memory_gb, peak_flops
@@ -295,6 +305,8 @@ def fit(
         progress.tokens += step_tokens
         step_time = time.perf_counter() - t0
         progress.elapsed_s += _synced_time(fabric, step_time)
+        if monitor is not None:
+            _report_findings(fabric, Path(config.out), monitor.on_step(progress.step, _raw(model), loss_value))
         window["loss"] += loss_value
         window["n"] += 1
         window["tokens"] += step_tokens
@@ -322,6 +334,16 @@ def fit(
         if faults is not None and faults.after_step is not None:
             faults.after_step(progress.step)
     bar.close()
+
+
+def _report_findings(fabric, out: Path, findings: list) -> None:
+    """Print the doctor's live findings and append them to OUT/monitor.jsonl."""
+    if not findings:
+        return
+    with open(out / "monitor.jsonl", "a", encoding="utf-8") as f:
+        for finding in findings:
+            f.write(json.dumps(dataclasses.asdict(finding), default=str) + "\n")
+            fabric.print(f"doctor [{finding.severity}] {finding.message}")
 
 
 def _mlm_loss_terms(model, batch: dict[str, torch.Tensor]):

@@ -97,6 +97,10 @@ class PretrainConfig:
     """Write a metrics row every this many optimizer steps."""
     val_batches: int = 4
     """Micro batches of the final validation (fixed, seeded differently from training)."""
+    monitor_every: int = 0
+    """The doctor's live monitors (loss spikes, update ratios, attention entropy, dead units, FFF
+    leaf usage) armed every this many steps on rank zero; findings go to OUT/monitor.jsonl and the
+    console, a summary to OUT/monitor.json. 0: off."""
     peak_flops: float | None = None
     """MFU denominator in FLOP/s (default: data sheet on GPUs, measured matmul peak on CPU)."""
     tensorboard: bool = True
@@ -154,6 +158,8 @@ class PretrainConfig:
             problems.append(f"micro_batch_size: must be >= 1, got {self.micro_batch_size}")
         if not 0.0 < self.nan_lr_factor <= 1.0:
             problems.append(f"nan_lr_factor: must be in (0, 1], got {self.nan_lr_factor}")
+        if self.monitor_every < 0:
+            problems.append(f"monitor_every: must be >= 0, got {self.monitor_every}")
         if self.keep_last < 1:
             problems.append(f"keep_last: must be >= 1, got {self.keep_last}")
         if self.checkpoint_every_min <= 0:

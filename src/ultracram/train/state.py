@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ultracram.errors import UltracramError
+from ultracram.fileio import fsync_dir
 
 STATE_PREFIX = "state-"
 STATE_SUFFIX = ".safetensors"
@@ -74,7 +75,7 @@ def save_train_state(
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         tmp.unlink(missing_ok=True)
     if keep_last:
@@ -239,17 +240,6 @@ def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if tag == "__float__":
             return float(payload)
     return {k: _decode(v, tensors) for k, v in tree.items()}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = [
