@@ -267,6 +267,14 @@ def _add_bench_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _batch_size(text: str) -> int | None:
+    if text == "recipe":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of sequences or 'recipe', got {text!r}")
+    return int(text)
+
+
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
@@ -288,7 +296,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--glue-max-train", type=int, default=None, help="cap on training examples per task")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per task, median reported (default: 1)")
     p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default: largest preset's)")
+    p.add_argument("--max-token-ratio", type=float, default=None, help="drop documents with more tokens than this x "
+                   "characters (default: cramming's 0.25 for vocabularies >= 32768, else 0.5)")
     p.add_argument("--micro-batch-size", type=int, default=32, help="pretraining micro batch (default: %(default)s)")
+    p.add_argument("--batch-size", default=256, type=_batch_size, help="pretraining batch in sequences for every model, or 'recipe' "
+                   "for each recipe's own (cramming: ramp to 8192, for budgets of hours) (default: %(default)s)")
     p.add_argument("--out", default="out/study", help="study directory (default: %(default)s)")
 
     def run(args: argparse.Namespace) -> None:
@@ -297,7 +309,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         run_study(args.out, models=[m.strip() for m in args.models.split(",") if m.strip()], budget=args.budget,
                   corpus=args.corpus, glue=args.glue, glue_tasks=args.glue_tasks, glue_epochs=args.glue_epochs,
                   glue_max_train=args.glue_max_train, seeds=args.seeds, vocab_size=args.vocab_size,
-                  micro_batch_size=args.micro_batch_size)  # fmt: skip
+                  micro_batch_size=args.micro_batch_size, max_token_ratio=args.max_token_ratio,
+                  batch_size=args.batch_size)  # fmt: skip
 
     p.set_defaults(func=run)
 

@@ -67,10 +67,16 @@ class StudySettings:
     """Tokenizer vocabulary; default: the largest preset vocabulary among the models."""
     seq_len: int = 128
     """Pretraining sequence length."""
+    max_token_ratio: float | None = None
+    """Drop documents with more tokens than this x characters. None: cramming's 0.25 for
+    vocabularies of 32768 and more, 0.5 below (a 4096-token vocabulary splits ordinary English
+    into ~0.27 tokens per character, so 0.25 would drop most of it)."""
     micro_batch_size: int = 32
     """Pretraining sequences per forward/backward pass."""
-    batch_size: int | None = None
-    """Pretraining target batch (default: the recipe's, ramped by accumulation)."""
+    batch_size: int | None = 256
+    """Pretraining batch in sequences, the same for every model (reached by gradient
+    accumulation, ramped up as the recipe says). None: each recipe's own (cramming ramps to
+    8192, which takes a budget of hours to pay off; minutes-long studies learn more at 256)."""
     seed: int = 0
     """Seed for pretraining."""
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +129,7 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
     inputs = [Path(p) for p in settings.corpus] or [sample_corpus_path()]
     tok_path = out / "tokenizer" / "tokenizer.json"
     if not tok_path.is_file():
-        vocab = settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
+        vocab = _vocab_size(settings)
         log(f"training a {vocab}-token WordPiece tokenizer on {', '.join(map(str, inputs))}")
         docs = (d for f in find_text_files(inputs) for d in iter_file_documents(f))
         tok = train_tokenizer(docs, vocab_size=vocab)
@@ -133,8 +139,13 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
         tmp.replace(tok_path)
     shards = out / "shards"
     log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
-    prepare_corpus(inputs, shards, tok_path, seq_len=settings.seq_len)
+    ratio = settings.max_token_ratio or (0.25 if _vocab_size(settings) >= 32768 else 0.5)
+    prepare_corpus(inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=ratio, show_progress=True)
     return shards
+
+
+def _vocab_size(settings: StudySettings) -> int:
+    return settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
 
 
 def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log) -> dict[str, Any]:

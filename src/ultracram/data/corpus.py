@@ -31,6 +31,7 @@ import json
 import lzma
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -558,6 +559,15 @@ def prepare_corpus(
             f"{counts['documents_dropped_ratio']} dropped by the token/character filter, "
             f"{counts['documents_dropped_duplicate']} duplicates, {counts['tokens_kept']} tokens kept); "
             f"expected at least {seq_len - 2} tokens of text"
+        )
+    if counts["documents_dropped_ratio"] > counts["documents"] / 2:
+        # Cramming's 0.25 suits a 32k vocabulary; smaller vocabularies split words into more
+        # tokens and fail it on ordinary text, which silently shrinks the corpus.
+        print(
+            f"warning: the token/character filter dropped {counts['documents_dropped_ratio']} of "
+            f"{counts['documents']} documents (max_token_ratio {max_token_ratio}); with a "
+            f"{vocab_size}-token vocabulary ordinary text may exceed it: consider --max-token-ratio 0.5",
+            file=sys.stderr,
         )
     manifest = base_manifest(True)
     manifest["counts"]["documents"] = counts["documents"]
