@@ -13,7 +13,7 @@ def test_report_markdown_and_self_contained_html(tmp_path):
     ]  # fmt: skip
     md, page = write_report(tmp_path, results, {"command": "ultracram study ...", "notes_hidden": True})
     text = md.read_text()
-    assert "| crammed-bert-tiny | 80.1 | 10.0 | 45.1 | 0.34 | 0.0004 | 400,000 | 5.000 | 100,000 | - |" in text
+    assert "| crammed-bert-tiny | 80.1 | 10.0 | 45.1 | 0.34 | 0.36 | 400,000 | 5.000 | 100,000 | - |" in text
     assert "| ultrafastbert-tiny | 78.0 | - | - |" in text  # missing scores print as '-'
     for name in ("loss.png", "quality_vs_cost.png", "fff_usage.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000

@@ -51,13 +51,13 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def result_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per-task GLUE scores, average, size, cost, pretraining and speed."""
     tasks = list(dict.fromkeys(t for r in results for t in r.glue))  # first-seen (paper) order
-    header = ["model", *tasks, "GLUE avg", "params (M)", "GFLOP/token", "pretrain tokens", "final MLM loss",
+    header = ["model", *tasks, "GLUE avg", "params (M)", "MFLOP/token", "pretrain tokens", "final MLM loss",
               "CPU tokens/s", "GPU tokens/s"]  # fmt: skip
     rows = []
     for r in results:
         rows.append([
             r.model, *[_fmt(r.glue.get(t), 1) for t in tasks], _fmt(r.glue_average, 1),
-            _fmt(r.parameters / 1e6), _fmt(r.flops_per_token / 1e9, 4), _fmt(r.tokens_seen),
+            _fmt(r.parameters / 1e6), _fmt(r.flops_per_token / 1e6, 2), _fmt(r.tokens_seen),
             _fmt(r.final_mlm_loss, 3), _fmt(r.cpu_tokens_per_s, 0), _fmt(r.gpu_tokens_per_s, 0),
         ])  # fmt: skip
     return header, rows
