@@ -91,3 +91,26 @@ def test_bad_input(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\x80abc\n")
     with pytest.raises(DataError, match=r"bad\.txt: line 1, byte offset 0"):
         train_tokenizer_files([tmp_path / "bad.txt"], tmp_path / "o", vocab_size=100)
+
+
+def test_alphabet_limit_leaves_room_for_words():
+    """Thousands of rare characters must not crowd a small vocabulary out of words."""
+    from ultracram.data.sample import read_sample_paragraphs
+    from ultracram.data.tokenizer import default_alphabet_limit, train_tokenizer
+
+    english = read_sample_paragraphs()[:400]
+    # ~1700 distinct letters (Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari, ... blocks),
+    # each frequent enough to pass min_frequency, as in a multi-script Wikipedia dump.
+    rare = [chr(c) for c in range(0x0370, 0x1000) if unicodedata.category(chr(c)).startswith("L")][:3000]
+    noise = [" ".join(c * 3 for c in rare[i : i + 50]) for i in range(0, len(rare), 50)] * 3
+    text = english + noise
+
+    def ratio(tok):
+        ids = sum(len(e.ids) for e in tok.encode_batch(english, add_special_tokens=False))
+        return ids / sum(map(len, english))
+
+    limited = train_tokenizer(text, vocab_size=2048)
+    unlimited = train_tokenizer(text, vocab_size=2048, limit_alphabet=10**6)
+    singles = [t for t in limited.get_vocab() if len(t.removeprefix("##")) == 1]
+    assert len(singles) <= 2 * default_alphabet_limit(2048) + 2 * 128  # (c, ##c) pairs, ASCII kept
+    assert ratio(limited) < 0.8 * ratio(unlimited), (ratio(limited), ratio(unlimited))

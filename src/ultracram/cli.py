@@ -425,6 +425,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="output directory for tokenizer.json")
     t.add_argument("--vocab-size", type=int, default=32768, help="(default: %(default)s)")
     t.add_argument("--min-frequency", type=int, default=2, help="(default: %(default)s)")
+    t.add_argument("--limit-alphabet", type=int, default=None, help="keep the N most frequent characters "
+                   "(default: vocab/16, between 100 and 1000; the rest become [UNK])")
     t.add_argument("--max-documents", type=int, default=None, help="train on the first N documents only")
     t.add_argument("--no-lowercase", action="store_true", help="keep case")
     t.add_argument("--keep-accents", action="store_true", help="do not strip accents")
@@ -434,7 +436,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
         path = train_tokenizer_files(args.input, args.out, args.vocab_size, lowercase=not args.no_lowercase,
                                      strip_accents=not args.keep_accents, min_frequency=args.min_frequency,
-                                     max_documents=args.max_documents, show_progress=True)  # fmt: skip
+                                     max_documents=args.max_documents, limit_alphabet=args.limit_alphabet,
+                                     show_progress=True)  # fmt: skip
         print(f"wrote {path}")
 
     t.set_defaults(func=run)
