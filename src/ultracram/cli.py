@@ -215,7 +215,8 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
         description="Time a fixed number of MLM training steps (forward, backward, AdamW) per preset on "
         "random tokens, after warm-up steps; report tokens/s and MFU (3 x forward FLOPs per token from "
         "ultracram.model.flops_per_token over the device's peak). Tiny presets by default; --full adds "
-        "the full-size presets with fewer steps.",
+        "the full-size presets with fewer steps. FFF presets run once per --fff-paths entry, with ratios "
+        "to their own masked run and to crammed-bert of the same size.",
     )
     p.add_argument("--presets", default=None, help="comma list (default: every *-tiny preset, plus full "
                    "presets with --full)")  # fmt: skip
@@ -227,6 +228,8 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--precision", default="auto", help="auto, 32-true, bf16-mixed, 16-mixed (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--fff-paths", default="masked,gather,conditional",
+                   help="FFF training paths to time for FFF presets (default: %(default)s)")
     p.add_argument("--out", default="out/bench/train.json", help="JSON output (default: %(default)s)")
 
     def run(args: argparse.Namespace) -> None:
@@ -234,7 +237,8 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
 
         bench_train(presets=args.presets.split(",") if args.presets else None, full=args.full, steps=args.steps,
                     warmup=args.warmup, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
-                    precision=args.precision, compile=args.compile, out=args.out)  # fmt: skip
+                    precision=args.precision, compile=args.compile, fff_paths=tuple(args.fff_paths.split(",")),
+                    out=args.out)  # fmt: skip
 
     p.set_defaults(func=run)
 

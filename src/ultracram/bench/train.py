@@ -2,7 +2,9 @@
 
 Each preset runs ``warmup`` untimed and then ``steps`` timed MLM training steps (forward,
 backward, clipping, AdamW) on one fixed random batch, through the same Fabric setup, optimizer,
-FFF implementation choice and loss as ``ultracram pretrain``. MFU = tokens/s x 3 x forward
+FFF implementation choice and loss as ``ultracram pretrain``. FFF presets run once per training
+path (``fff_paths``: the masked reference, gather, the conditional kernels), each also given
+as a ratio to its own masked run and to the crammed-bert preset of the same size. MFU = tokens/s x 3 x forward
 FLOPs per token (``ultracram.model.flops_per_token``) / peak FLOP/s (``train.metrics.peak_flops``:
 data sheet on GPUs, measured fp32 matmul peak on CPUs).
 """
@@ -37,11 +39,17 @@ def bench_train(
     device: str = "auto",
     precision: str = "auto",
     compile: bool = False,
+    fff_paths: tuple[str, ...] = ("masked", "gather", "conditional"),
     out: str | Path | None = "out/bench/train.json",
 ) -> dict[str, Any]:
     """Measure every preset (default: the tiny ones, plus the full ones with ``full``) and
     write a JSON report; returns it. ``steps``/``batch_size`` default to 10/32 for tiny and
-    3/8 for full-size presets."""
+    3/8 for full-size presets. FFF presets run once per entry of ``fff_paths``."""
+    from ultracram.kernels import TRAINABLE_FFF_IMPLEMENTATIONS
+
+    unknown = [p for p in fff_paths if p not in TRAINABLE_FFF_IMPLEMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown FFF training path(s) {unknown}; trainable: {', '.join(TRAINABLE_FFF_IMPLEMENTATIONS)}")
     from rich.console import Console
     from rich.table import Table
 
@@ -57,9 +65,11 @@ def bench_train(
         small = name.endswith("-tiny")
         n_steps = steps or (10 if small else 3)
         batch = batch_size or (32 if small else 8)
-        results.append(_bench_one(fabric, name, n_steps, warmup, batch, seq_len, compile, peak))
-        r = results[-1]
-        console.print(f"{name}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
+        for path in fff_paths if get_preset(name).ffn == "fff" else (None,):
+            results.append(_bench_one(fabric, name, n_steps, warmup, batch, seq_len, compile, peak, path))
+            r = results[-1]
+            console.print(f"{_label(r)}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
+    _add_ratios(results)
     report = {
         "device": str(fabric.device),
         "device_name": torch.cuda.get_device_name(fabric.device) if fabric.device.type == "cuda" else platform.processor() or platform.machine(),
@@ -73,12 +83,14 @@ def bench_train(
     }  # fmt: skip
     table = Table(title=f"training throughput on {report['device_name']} ({report['precision']}, peak "
                   f"{peak / 1e9:,.0f} GFLOP/s: {peak_source})")  # fmt: skip
-    for col in ("preset", "params", "batch", "steps", "s/step", "tokens/s", "GFLOP/s", "MFU"):
-        table.add_column(col, justify="left" if col == "preset" else "right")
+    for col in ("preset [FFF path]", "params", "batch", "steps", "s/step", "tokens/s", "GFLOP/s", "MFU",
+                "vs masked", "vs crammed"):  # fmt: skip
+        table.add_column(col, justify="left" if col.startswith("preset") else "right")
     for r in results:
-        table.add_row(r["preset"], f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"]), str(r["steps"]),
+        table.add_row(_label(r), f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"]), str(r["steps"]),
                       f"{r['seconds_per_step']:.3f}", f"{r['tokens_per_s']:,.0f}",
-                      f"{r['flops_per_s'] / 1e9:,.1f}", f"{r['mfu']:.1%}")  # fmt: skip
+                      f"{r['flops_per_s'] / 1e9:,.1f}", f"{r['mfu']:.1%}", _ratio(r.get("vs_masked")),
+                      _ratio(r.get("vs_crammed")))  # fmt: skip
     console.print(table)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +99,31 @@ def bench_train(
     return report
 
 
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['preset']} [{r['fff_path']}]" if r.get("fff_path") else r["preset"]
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _add_ratios(results: list[dict[str, Any]]) -> None:
+    """FFF rows: tokens/s over the same preset's masked run and over crammed-bert of the same
+    size (crammed-bert-tiny for tiny presets), when those were measured in this run."""
+    by_label = {_label(r): r for r in results}
+    for r in results:
+        if not r.get("fff_path"):
+            continue
+        masked = by_label.get(f"{r['preset']} [masked]")
+        crammed = by_label.get("crammed-bert-tiny" if r["preset"].endswith("-tiny") else "crammed-bert")
+        if masked is not None:
+            r["vs_masked"] = r["tokens_per_s"] / masked["tokens_per_s"]
+        if crammed is not None:
+            r["vs_crammed"] = r["tokens_per_s"] / crammed["tokens_per_s"]
+
+
 def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: int, compile: bool,
-               peak: float) -> dict[str, Any]:  # fmt: skip
+               peak: float, fff_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     from ultracram.data.mlm import mask_tokens
     from ultracram.data.tokenizer import SPECIAL_TOKENS
     from ultracram.model import build_model, flops_per_token, parameter_counts
@@ -101,7 +136,7 @@ def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: 
     fabric.seed_everything(0, verbose=False)
     with fabric.init_module():
         model = build_model(config, "mlm")
-    select_fff_implementation(model, "auto", fabric.device)
+    select_fff_implementation(model, fff_path or "auto", fabric.device)
     params = parameter_counts(model)["total"]
     optimizer = build_optimizer(model, lr=recipe["lr"], betas=(recipe["beta1"], recipe["beta2"]),
                                 eps=recipe["eps"], weight_decay=recipe["weight_decay"])  # fmt: skip
@@ -135,7 +170,7 @@ def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: 
     seconds = (time.perf_counter() - t0) / steps
     tokens_per_s = batch * seq_len / seconds
     flops = 3 * flops_per_token(config, seq_len)["total"] * tokens_per_s
-    return {"preset": name, "parameters": params, "batch_size": batch, "steps": steps,
+    return {"preset": name, "fff_path": fff_path, "parameters": params, "batch_size": batch, "steps": steps,
             "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "flops_per_s": flops,
             "mfu": flops / peak if peak else float("nan")}  # fmt: skip
 

@@ -18,9 +18,12 @@ FFF_IMPLEMENTATIONS = {
     "cpu": fff_cpu,  # numba kernel, inference only, CPU tensors (kernels/cpu.py)
     "triton": fff_triton,  # Triton kernel, inference only, CUDA tensors (kernels/triton_infer.py)
 }
+# The entries with a backward pass, i.e. what training may use.
+TRAINABLE_FFF_IMPLEMENTATIONS = ("masked", "gather", "conditional")
 
 __all__ = [
     "FFF_IMPLEMENTATIONS",
+    "TRAINABLE_FFF_IMPLEMENTATIONS",
     "default_training_implementation",
     "fff_conditional",
     "fff_cpu",
