@@ -24,6 +24,7 @@ NormPosition = Literal["pre", "post"]
 PositionEmbedding = Literal["learned", "scaled_sinusoidal"]
 Pooler = Literal["cls_tanh", "cls", "mean"]
 Activation = Literal["gelu", "relu"]
+FFFTraining = Literal["hard", "soft"]
 
 # Label value that the losses ignore (PyTorch's and Hugging Face's convention).
 IGNORE_INDEX = -100
@@ -86,6 +87,14 @@ class ModelConfig:
     """Depth D of each FFF tree: 2^(D+1)-1 nodes, D+1 of them visited per token."""
     fff_trees: int = 1
     """Number K of parallel FFF trees whose outputs are summed."""
+    fff_training: FFFTraining = "hard"
+    """FFF routing while training: hard (UltraFastBERT: one path, only visited nodes learn) or
+    soft (sigmoid decisions, every node weighted by its reach probability; Belcak & Wattenhofer's
+    FFF paper). Evaluation and inference always route hard."""
+    fff_soft_temperature: float = 1.0
+    """Soft mode: a node sends a token right with probability sigmoid(pre-activation / temperature)."""
+    fff_hardening_weight: float = 0.0
+    """Soft mode: weight of the decision-entropy ("hardening") loss added to the training loss."""
     moe_experts: int = 8
     """Number of experts in a Switch MoE layer."""
     moe_capacity_factor: float = 1.25
@@ -196,6 +205,10 @@ def validate_values(v: dict[str, Any]) -> list[str]:
         problems.append(f"fff_depth: must be in 0..20, got {v['fff_depth']}")
     if ok("fff_trees") and v["fff_trees"] < 1:
         problems.append(f"fff_trees: must be >= 1, got {v['fff_trees']}")
+    if ok("fff_soft_temperature") and not v["fff_soft_temperature"] > 0:
+        problems.append(f"fff_soft_temperature: must be > 0, got {v['fff_soft_temperature']}")
+    if ok("fff_hardening_weight") and v["fff_hardening_weight"] < 0:
+        problems.append(f"fff_hardening_weight: must be >= 0, got {v['fff_hardening_weight']}")
     if ok("moe_experts") and v["moe_experts"] < 1:
         problems.append(f"moe_experts: must be >= 1, got {v['moe_experts']}")
     if ok("moe_capacity_factor") and v["moe_capacity_factor"] <= 0:

@@ -154,7 +154,7 @@ def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: 
         total, count, aux = _mlm_loss_terms(model, data)
         loss = total / count.clamp_min(1)
         if aux is not None:
-            loss = loss + config.moe_aux_loss_weight * aux
+            loss = loss + aux
         fabric.backward(loss)
         fabric.clip_gradients(model, optimizer, max_norm=recipe["grad_clip"], error_if_nonfinite=False)
         optimizer.step()

@@ -79,3 +79,40 @@ def fff_gather(
         if level < depth:
             node = 2 * node + 1 + (logit > 0).long()
     return out
+
+
+def fff_soft(
+    x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+    depth: int, trees: int, activation: Activation = F.gelu, temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Soft training mode (after Belcak & Wattenhofer's "Fast Feedforward Networks", 2023):
+    x (T, H) -> (output (T, H), decision entropy (T, K)).
+
+    Each node decides softly: it sends a token right with probability p = sigmoid(z / temperature)
+    (z its pre-activation), so a token reaches every node with the product of the decision
+    probabilities on the way, and the output sums reach(n) * act(z_n) * w_out[:, n] over all
+    nodes. Every node gets a gradient, not only the visited ones. As the temperature goes to 0
+    (or as training makes |z| large) reach becomes the hard path and the output the masked
+    reference's. The entropy is the reach-weighted binary entropy of the decisions, per token
+    and tree, averaged over the D decision levels (nats, 0 = hard, ln 2 = undecided): adding it
+    to the loss ("hardening") drives the tree towards the hard routing used at inference.
+    Costs as much as ``fff_masked`` (all nodes).
+    """
+    T = x.shape[0]
+    n = fff_nodes(depth)
+    z = F.linear(x, w_in, b_in).view(T, trees, n)  # (T, K, N)
+    p_right = torch.sigmoid(z / temperature)
+    reach = [z.new_ones(T, trees, 1)]  # level 0: the root, reached with probability 1
+    entropy = z.new_zeros(T, trees)
+    for level in range(depth):
+        first, count = 2**level - 1, 2**level
+        r = reach[-1]  # (T, K, 2^level)
+        p = p_right[:, :, first : first + count]
+        # Children of node m are 2m+1 (left) and 2m+2 (right): interleave left and right.
+        reach.append(torch.stack([r * (1 - p), r * p], dim=-1).reshape(T, trees, 2 * count))
+        # Binary entropy from logits (finite for saturated p): softplus(s) - s * sigmoid(s).
+        s = z[:, :, first : first + count] / temperature
+        entropy = entropy + (r * (F.softplus(s) - s * p)).sum(-1)
+    weights = torch.cat(reach, dim=-1)  # (T, K, N) in breadth-first node order
+    out = F.linear((weights * activation(z)).reshape(T, trees * n), w_out)
+    return out, entropy / max(depth, 1)

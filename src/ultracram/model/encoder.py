@@ -158,8 +158,12 @@ class Encoder(nn.Module):
         return self.final_norm(x)
 
     def aux_loss(self) -> torch.Tensor | None:
-        """Sum of the auxiliary losses the layers left from the last forward (Switch MoE)."""
+        """Weighted sum of the auxiliary losses the layers left from their last forward (Switch
+        load balance, soft-FFF hardening): sum of ``m.aux_loss_weight * m.aux_loss``, ready to be
+        added to the training loss; None when no layer left one."""
         losses = [
-            m.aux_loss for m in self.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)
+            m.aux_loss_weight * m.aux_loss
+            for m in self.modules()
+            if isinstance(getattr(m, "aux_loss", None), torch.Tensor)
         ]
         return torch.stack(losses).sum() if losses else None

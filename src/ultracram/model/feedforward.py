@@ -16,6 +16,7 @@ from torch import nn
 
 from ultracram.config import ModelConfig
 from ultracram.kernels import FFF_IMPLEMENTATIONS, fff_nodes
+from ultracram.kernels.reference import fff_soft
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -57,7 +58,10 @@ class FastFeedForward(nn.Module):
     receive gradients. Parameter names follow UltraFastBERT (``linear_in``, ``linear_out``).
 
     ``implementation`` names an entry of ``ultracram.kernels.FFF_IMPLEMENTATIONS``; all give the
-    same outputs and gradients, ``masked`` being the dense reference.
+    same outputs and gradients, ``masked`` being the dense reference. With
+    ``config.fff_training == "soft"`` training routes softly instead (``kernels.reference.fff_soft``)
+    and leaves the mean decision entropy in ``aux_loss`` (weight ``fff_hardening_weight``);
+    eval mode routes hard whatever the training mode.
     """
 
     def __init__(self, config: ModelConfig, implementation: str = "masked"):
@@ -68,6 +72,9 @@ class FastFeedForward(nn.Module):
         self.linear_out = nn.Linear(width, config.hidden_size, bias=False)  # (H, K*N)
         self.act = ACTIVATIONS[config.activation]
         self.implementation = implementation
+        self.soft, self.temperature = config.fff_training == "soft", config.fff_soft_temperature
+        self.aux_loss_weight = config.fff_hardening_weight
+        self.aux_loss: torch.Tensor | None = None
 
     @property
     def implementation(self) -> str:
@@ -80,10 +87,20 @@ class FastFeedForward(nn.Module):
         self._implementation = name
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        fn = FFF_IMPLEMENTATIONS[self._implementation]
         tokens = x.reshape(-1, x.shape[-1])  # (B*T, H)
-        out = fn(tokens, self.linear_in.weight, self.linear_in.bias, self.linear_out.weight,
-                 self.depth, self.trees, self.act)  # fmt: skip
+        w_in, b_in, w_out = self.linear_in.weight, self.linear_in.bias, self.linear_out.weight
+        if self.soft and self.training:
+            out, entropy = fff_soft(tokens, w_in, b_in, w_out, self.depth, self.trees, self.act, self.temperature)
+            entropy = entropy.mean(1)  # (B*T,): mean over trees
+            if attention_mask is not None:  # padding does not count towards the hardening loss
+                real = attention_mask.reshape(-1).to(entropy.dtype)
+                self.aux_loss = (entropy * real).sum() / real.sum().clamp_min(1.0)
+            else:
+                self.aux_loss = entropy.mean()
+            return out.view_as(x)
+        self.aux_loss = None
+        fn = FFF_IMPLEMENTATIONS[self._implementation]
+        out = fn(tokens, w_in, b_in, w_out, self.depth, self.trees, self.act)
         return out.view_as(x)
 
     def extra_repr(self) -> str:
@@ -98,7 +115,8 @@ class SwitchFeedForward(nn.Module):
     expert output is scaled by the router probability so the router gets a gradient.
     After each forward, ``aux_loss`` holds the load-balancing loss
     ``experts * sum_e(fraction of tokens routed to e * mean router probability of e)``,
-    which is 1.0 for a perfectly balanced router; the model adds it, weighted, to its loss.
+    which is 1.0 for a perfectly balanced router; the model adds it, times ``aux_loss_weight``
+    (``moe_aux_loss_weight``), to its loss.
     """
 
     def __init__(self, config: ModelConfig):
@@ -110,6 +128,7 @@ class SwitchFeedForward(nn.Module):
         self.w_out = nn.Parameter(torch.empty(e, i, h))  # (E, I, H)
         self.act = ACTIVATIONS[config.activation]
         self.aux_loss: torch.Tensor | None = None
+        self.aux_loss_weight = config.moe_aux_loss_weight
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])  # (N, H)

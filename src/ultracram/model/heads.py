@@ -1,5 +1,6 @@
 """Task models: an encoder plus a head. Every head has the same contract as in Hugging Face:
-labels in, loss out; the loss includes any auxiliary loss of the encoder (Switch MoE)."""
+labels in, loss out; the loss includes the encoder's weighted auxiliary losses (Switch load
+balance, soft-FFF hardening)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class ModelOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # weighted, already in loss (Encoder.aux_loss)
 
 
 def sparse_mlm_loss(
@@ -103,7 +104,7 @@ class EncoderForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX)  # fmt: skip
         if aux is not None:
-            loss = loss + self.config.moe_aux_loss_weight * aux
+            loss = loss + aux
         return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux)
 
 
@@ -160,5 +161,5 @@ class EncoderForSequenceClassification(nn.Module):
             else:
                 loss = F.cross_entropy(logits.float(), labels.long())
             if aux is not None:
-                loss = loss + self.config.moe_aux_loss_weight * aux
+                loss = loss + aux
         return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux)

@@ -282,7 +282,7 @@ def fit(
                 count = fabric.all_reduce(local_count.float(), reduce_op="sum").clamp_min(1.0)
                 loss = world * local_sum / count
                 if aux is not None:
-                    loss = loss + model_config.moe_aux_loss_weight * aux
+                    loss = loss + aux  # already weighted (Encoder.aux_loss)
                 fabric.backward(loss / accumulation)
             loss_sum += (local_sum / count).detach()
         if faults is not None and faults.fire("grad", progress.step):
