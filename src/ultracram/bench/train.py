@@ -68,7 +68,7 @@ def bench_train(
         for path in fff_paths if get_preset(name).ffn == "fff" else (None,):
             results.append(_bench_one(fabric, name, n_steps, warmup, batch, seq_len, compile, peak, path))
             r = results[-1]
-            console.print(f"{_label(r)}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
+            console.print(f"{_shown(r)}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
     _add_ratios(results)
     report = {
         "device": str(fabric.device),
@@ -87,7 +87,7 @@ def bench_train(
                 "vs masked", "vs crammed"):  # fmt: skip
         table.add_column(col, justify="left" if col.startswith("preset") else "right")
     for r in results:
-        table.add_row(_label(r), f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"]), str(r["steps"]),
+        table.add_row(_shown(r), f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"]), str(r["steps"]),
                       f"{r['seconds_per_step']:.3f}", f"{r['tokens_per_s']:,.0f}",
                       f"{r['flops_per_s'] / 1e9:,.1f}", f"{r['mfu']:.1%}", _ratio(r.get("vs_masked")),
                       _ratio(r.get("vs_crammed")))  # fmt: skip
@@ -101,6 +101,13 @@ def bench_train(
 
 def _label(r: dict[str, Any]) -> str:
     return f"{r['preset']} [{r['fff_path']}]" if r.get("fff_path") else r["preset"]
+
+
+def _shown(r: dict[str, Any]) -> str:
+    """The label for rich output, where "[masked]" would otherwise be read as a style tag."""
+    from rich.markup import escape
+
+    return escape(_label(r))
 
 
 def _ratio(v: float | None) -> str:

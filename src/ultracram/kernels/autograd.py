@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from ultracram.kernels.reference import Activation, fff_masked, fff_nodes
 
 # On CPU the per-token walk reads one weight row per visit from memory while the masked
-# reference's BLAS products reuse each row over many tokens. Measured forward+backward at
-# 2,048 tokens, H=768 (docs/fff-training.md): 1x11 (341 nodes per visit) conditional 4.9x
-# faster, 16x7 (32) 2.0x faster, 128x4 (6.2) 0.5x. Below this ratio "conditional" on CPU
-# runs the masked reference.
-CPU_MIN_NODES_PER_VISIT = 12
+# reference's BLAS products reuse each row over many tokens, so very shallow trees favour the
+# masked reference. Numba kernels vs masked, forward+backward at 2,048 tokens, H=768, quiet
+# 2-core machine (docs/fff-training.md), by nodes per visited node: 1x11 (341) 26x, 16x7 (32)
+# 7.6x, 128x4 (6.2) 1.7x, 128x3 (3.75) 1.1x, 256x2 (2.3) 0.74x, 512x1 (1.5) 0.49x.
+# Below this ratio "conditional" on CPU runs the masked reference.
+CPU_MIN_NODES_PER_VISIT = 3.5
 
 
 # --------------------------------------------------------------------------- numba (CPU)
