@@ -4,8 +4,10 @@ Reads the columns the pretraining loop writes (``ultracram.train.metrics.CSV_COL
 spellings are accepted through ``COLUMN_ALIASES``. Only ``step`` and ``loss`` are required.
 The diagnosis names one verdict and lists the evidence:
 
-- divergence: the loss became non-finite, or climbed back to its initial value;
-- loss rising: the smoothed loss ended well above its minimum;
+- divergence: the loss became non-finite, climbed back to its initial value, or blew up far
+  above it (by more than max(1, 25%)) before coming back down;
+- loss rising: the smoothed loss ended well above its minimum (by more than 3x the run's
+  step-to-step noise, so noisy small-batch runs are not called rising);
 - learning rate too high: divergence, rising loss or repeated spikes (with the learning rate at
   that time, and the gradient norm when logged);
 - plateau: the loss stopped improving in the last third of the run, well above its best;
@@ -145,6 +147,9 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
     ]
     stats["spikes"] = len(spikes)
 
+    peak_i = max(range(len(sm)), key=lambda i: sm[i] if math.isfinite(sm[i]) else -math.inf)
+    peak = sm[peak_i]
+
     def lr_at(i: int) -> str:
         return f" (lr {lr[i]:.2g})" if i < len(lr) and math.isfinite(lr[i]) else ""
 
@@ -159,11 +164,18 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
             Diagnosis("divergence", "error", f"loss ended at {final:.3f}, above its start {initial:.3f}")
         )
         diverged = True
+    elif peak > initial + max(1.0, 0.25 * abs(initial)):
+        # Blew up early and came back: the learning rate survived only thanks to clipping,
+        # Adam's normalisation or the schedule; the steps spent climbing back are lost.
+        findings.append(Diagnosis("divergence", "error", f"loss blew up to {peak:.3f} at step "
+                                  f"{int(steps[peak_i])}{lr_at(peak_i)} (start {initial:.3f}) before coming back to "
+                                  f"{final:.3f}", int(steps[peak_i])))  # fmt: skip
+        diverged = True
     elif best < initial - 0.1 and final >= initial - 0.1 * (initial - best):
         findings.append(Diagnosis("divergence", "error", f"loss fell to {best:.3f} at step {int(steps[best_i])} "
                                   f"then climbed back to {final:.3f} (start {initial:.3f})", int(steps[best_i])))  # fmt: skip
         diverged = True
-    elif final > best + max(0.3, 0.05 * best) and best_i < n - tail:
+    elif final > best + max(0.3, 0.05 * best, 3 * noise) and best_i < n - tail:
         findings.append(Diagnosis("loss_rising", "warn", f"loss rose from {best:.3f} (step {int(steps[best_i])}) "
                                   f"to {final:.3f} at the end", int(steps[best_i])))  # fmt: skip
         rising = True
