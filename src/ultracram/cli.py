@@ -459,11 +459,18 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="raw text -> filtered, tokenised, packed fixed-length shards + manifest.json",
         description="Stream text files/directories (plain, .xz, .gz, .zst; documents are blank-line "
-        "separated blocks), drop documents with more tokens than 0.25 x characters, optionally de-duplicate "
+        "separated blocks) and/or a Hugging Face dataset's text column (--hf-dataset), drop documents with more tokens than 0.25 x characters, optionally de-duplicate "
         "and order by length, and pack [CLS] ... [SEP] sequences into memory-mapped shards. A killed run "
         "resumes after its last complete shard when rerun with the same arguments.",
     )
-    d.add_argument("--input", nargs="+", required=True, help="text files or directories")
+    d.add_argument("--input", nargs="+", default=[], help="text files or directories")
+    d.add_argument("--hf-dataset", metavar="NAME", help="also a Hugging Face dataset (needs the network, or "
+                   "a builder such as parquet with --hf-data-files), streamed once into OUT/hf_source/")
+    d.add_argument("--hf-config", default=None, help="dataset configuration (e.g. 20231101.en)")
+    d.add_argument("--hf-split", default="train", help="(default: %(default)s)")
+    d.add_argument("--hf-column", default="text", help="text column (default: %(default)s)")
+    d.add_argument("--hf-data-files", nargs="+", default=None, help="local files for a builder dataset")
+    d.add_argument("--hf-max-documents", type=int, default=None, help="stop after N documents")
     d.add_argument("--tokenizer", required=True, help="tokenizer.json (copied into --out)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--seq-len", type=int, default=128, help="(default: %(default)s)")
@@ -478,9 +485,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--restart", action="store_true", help="start over instead of resuming")
 
     def run(args: argparse.Namespace) -> None:
+        from pathlib import Path
+
         from ultracram.data.corpus import prepare_corpus
 
-        m = prepare_corpus(args.input, args.out, args.tokenizer, args.seq_len, dedup=args.dedup,
+        inputs = list(args.input)
+        if args.hf_dataset:
+            from ultracram.data.hf_source import export_hf_dataset
+
+            inputs.append(export_hf_dataset(args.hf_dataset, Path(args.out) / "hf_source", config=args.hf_config,
+                                            split=args.hf_split, column=args.hf_column,
+                                            data_files=args.hf_data_files, max_documents=args.hf_max_documents))  # fmt: skip
+        if not inputs:
+            d.error("give --input files/directories, --hf-dataset NAME, or both")
+        m = prepare_corpus(inputs, args.out, args.tokenizer, args.seq_len, dedup=args.dedup,
                            sort_by_length=args.sort_by_length, sort_buffer=args.sort_buffer,
                            max_token_ratio=args.max_token_ratio, workers=args.workers,
                            shard_sequences=args.shard_sequences, resume=not args.restart,
