@@ -128,8 +128,8 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
 
     inputs = [Path(p) for p in settings.corpus] or [sample_corpus_path()]
     tok_path = out / "tokenizer" / "tokenizer.json"
+    vocab = settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
     if not tok_path.is_file():
-        vocab = _vocab_size(settings)
         log(f"training a {vocab}-token WordPiece tokenizer on {', '.join(map(str, inputs))}")
         docs = (d for f in find_text_files(inputs) for d in iter_file_documents(f))
         tok = train_tokenizer(docs, vocab_size=vocab)
@@ -139,13 +139,9 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
         tmp.replace(tok_path)
     shards = out / "shards"
     log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
-    ratio = settings.max_token_ratio or (0.25 if _vocab_size(settings) >= 32768 else 0.5)
+    ratio = settings.max_token_ratio or (0.25 if vocab >= 32768 else 0.5)
     prepare_corpus(inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=ratio, show_progress=True)
     return shards
-
-
-def _vocab_size(settings: StudySettings) -> int:
-    return settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
 
 
 def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log) -> dict[str, Any]:

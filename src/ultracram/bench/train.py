@@ -45,13 +45,14 @@ def bench_train(
     """Measure every preset (default: the tiny ones, plus the full ones with ``full``) and
     write a JSON report; returns it. ``steps``/``batch_size`` default to 10/32 for tiny and
     3/8 for full-size presets. FFF presets run once per entry of ``fff_paths``."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ultracram.kernels import TRAINABLE_FFF_IMPLEMENTATIONS
 
     unknown = [p for p in fff_paths if p not in TRAINABLE_FFF_IMPLEMENTATIONS]
     if unknown:
         raise ValueError(f"unknown FFF training path(s) {unknown}; trainable: {', '.join(TRAINABLE_FFF_IMPLEMENTATIONS)}")
-    from rich.console import Console
-    from rich.table import Table
 
     from ultracram.train.metrics import peak_flops
     from ultracram.train.pretrain import PretrainConfig, setup

@@ -12,12 +12,11 @@ builder name (``parquet``, ``json``, ``text``) reads local files, which is how i
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from ultracram.data.corpus import DataError
-from ultracram.fileio import fsync_dir
+from ultracram.fileio import atomic_write, atomic_write_text
 
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
@@ -60,31 +59,25 @@ def export_hf_dataset(
     except Exception as e:  # datasets raises many types (network, missing config, bad files)
         raise DataError(f"cannot load Hugging Face dataset {name!r} (config {config!r}, split {split!r}): {e}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    documents = characters = 0
-    try:
-        with open(tmp, "wb") as raw:
-            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as out:
-                for row in ds:
-                    if column not in row:
-                        raise DataError(f"Hugging Face dataset {name!r} has no column {column!r} "
-                                        f"(columns: {', '.join(row)}); pass --hf-column")  # fmt: skip
-                    text = _BLANK_LINES.sub("\n", str(row[column] or "")).strip()
-                    if not text:
-                        continue
-                    out.write((text + "\n\n").encode("utf-8"))
-                    documents += 1
-                    characters += len(text)
-                    if max_documents is not None and documents >= max_documents:
-                        break
-            raw.flush()
-            os.fsync(raw.fileno())
-        if documents == 0:
+    counts = {"documents": 0, "characters": 0}
+
+    def write(raw) -> None:
+        with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as out:
+            for row in ds:
+                if column not in row:
+                    raise DataError(f"Hugging Face dataset {name!r} has no column {column!r} "
+                                    f"(columns: {', '.join(row)}); pass --hf-column")  # fmt: skip
+                text = _BLANK_LINES.sub("\n", str(row[column] or "")).strip()
+                if not text:
+                    continue
+                out.write((text + "\n\n").encode("utf-8"))
+                counts["documents"] += 1
+                counts["characters"] += len(text)
+                if max_documents is not None and counts["documents"] >= max_documents:
+                    break
+        if counts["documents"] == 0:  # raised before the rename: no empty corpus file is left
             raise DataError(f"Hugging Face dataset {name!r} (split {split!r}) has no non-empty {column!r} text")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta_path.write_text(json.dumps({"source": ident, "documents": documents, "characters": characters},
-                                    indent=2) + "\n")  # fmt: skip
-    fsync_dir(path.parent)
+
+    atomic_write(path, write, "wb")
+    atomic_write_text(meta_path, json.dumps({"source": ident, **counts}, indent=2) + "\n")
     return path

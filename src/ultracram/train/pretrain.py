@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ultracram.config import ModelConfig, get_preset
+from ultracram.fileio import atomic_write_text
 from ultracram.train.optim import (
     BudgetSchedule,
     accumulation_steps,
@@ -199,7 +200,7 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
         if logger is not None:
             logger.close()
         if monitor is not None:
-            (out / "monitor.json").write_text(json.dumps(monitor.summary(), indent=2, default=str) + "\n")
+            atomic_write_text(out / "monitor.json", json.dumps(monitor.summary(), indent=2, default=str) + "\n")
             monitor.close()
     return _finish(fabric, config, model, model_config, shards, progress, val_loss, budget)
 
