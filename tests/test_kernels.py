@@ -36,9 +36,9 @@ def assert_matches_reference(got, ref):
 @pytest.mark.parametrize("trees", [1, 3])
 def test_cpu_kernel_equals_masked_reference(depth, trees):
     w_in, b_in, w_out = random_tree(depth, trees, seed=depth)
-    # 1..7 tokens (the four-token lanes with every remainder), one thread below
-    # PARALLEL_MIN_TOKENS and all threads above it.
-    for tokens in (1, 2, 3, 4, 5, 7, cpu_kernels.PARALLEL_MIN_TOKENS - 1, 77):
+    # 1..7 tokens (the four-token lanes with every remainder), one thread in one call below
+    # PARALLEL_MIN_TOKENS, and the three-step path (all threads) above it.
+    for tokens in (1, 2, 3, 4, 5, 7, cpu_kernels.PARALLEL_MIN_TOKENS - 1, 77, 301):
         x = torch.randn(tokens, 32)
         with torch.no_grad():
             ref = fff_masked(x, w_in, b_in, w_out, depth, trees)
@@ -49,19 +49,20 @@ def test_cpu_kernel_equals_masked_reference(depth, trees):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cpu_kernel_thread_counts(threads):
-    """One thread takes the serial kernel at every size (leaf-ordered output above
-    PARALLEL_MIN_TOKENS); several threads the parallel one."""
+    """One thread: one call below SPLIT_MIN_TOKENS, the three serial steps (leaf-ordered
+    output) above; several threads: the parallel steps above PARALLEL_MIN_TOKENS."""
     w_in, b_in, w_out = random_tree(6, 3, seed=5)
-    x = torch.randn(123, 32)
     before = cpu_kernels.numba.get_num_threads()
-    cpu_kernels.set_num_threads(threads)
-    try:
+    for tokens in (123, cpu_kernels.SPLIT_MIN_TOKENS + 45):
+        x = torch.randn(tokens, 32)
+        cpu_kernels.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                got = fff_cpu(x, w_in, b_in, w_out, 6, 3)
+        finally:
+            cpu_kernels.set_num_threads(before)
         with torch.no_grad():
-            got = fff_cpu(x, w_in, b_in, w_out, 6, 3)
-    finally:
-        cpu_kernels.set_num_threads(before)
-    with torch.no_grad():
-        assert_matches_reference(got, fff_masked(x, w_in, b_in, w_out, 6, 3))
+            assert_matches_reference(got, fff_masked(x, w_in, b_in, w_out, 6, 3))
 
 
 def test_cpu_kernel_at_full_width():
@@ -77,14 +78,15 @@ def test_cpu_kernel_at_full_width():
 
 def test_cpu_kernel_non_contiguous_input_and_relu():
     w_in, b_in, w_out = random_tree(5, 3)
-    base = torch.randn(32, 50)
-    x = base.t()  # (50, 32) transposed view
-    assert not x.is_contiguous()
+    for tokens in (50, 300):  # the one-call path applies the activation itself, above: torch
+        x = torch.randn(32, tokens).t()  # (tokens, 32) transposed view
+        assert not x.is_contiguous()
+        with torch.no_grad():
+            for act in (F.gelu, F.relu):
+                assert_matches_reference(
+                    fff_cpu(x, w_in, b_in, w_out, 5, 3, act), fff_masked(x, w_in, b_in, w_out, 5, 3, act)
+                )
     with torch.no_grad():
-        for act in (F.gelu, F.relu):
-            assert_matches_reference(
-                fff_cpu(x, w_in, b_in, w_out, 5, 3, act), fff_masked(x, w_in, b_in, w_out, 5, 3, act)
-            )
         sliced = torch.randn(40, 64)[::2, 16:48]  # strided rows and columns
         assert_matches_reference(
             fff_cpu(sliced, w_in, b_in, w_out, 5, 3), fff_masked(sliced, w_in, b_in, w_out, 5, 3)

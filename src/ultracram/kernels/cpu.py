@@ -3,20 +3,25 @@
 Same signature as every entry of ``FFF_IMPLEMENTATIONS``:
 ``fff_cpu(x (T, H), w_in (K*N, H), b_in (K*N,), w_out (H, K*N), depth, trees, activation) -> (T, H)``.
 
-How it works (one thread below ``PARALLEL_MIN_TOKENS`` tokens, all threads above):
+How it works (few tokens: one thread, one call; many tokens: three steps, on all threads):
 
 1. Routing: each token walks each tree root to leaf; a node's logit is
    ``x . w_in[n] + b_in[n]``. Routing is a dependency chain (the logit picks the next row to
    load), so four tokens walk together and their four dot products share one loop: four
    independent chains keep the core busy (measured 3x faster than one token at a time).
-   The visited rows and activations are kept: (T, K*(D+1)) each.
-2. Output: ``out[t] = sum over visited nodes of act(logit) * w_out[:, n]``, four visited rows
-   per pass over ``out[t]``, from a row-major copy of ``w_out`` (K*N, H) made once per weight
-   version and cached on the weight tensor. With many tokens, they are written in the order
-   of their leaves (a counting sort), so tokens that share a node are adjacent and its output
-   row is read from L3 about once instead of once per token (measured 1.35x on 4,096 tokens).
+   The visited rows and logits are kept: (T, K*(D+1)) each.
+2. Activation: with many tokens, torch applies the layer's own activation to the (T, K*(D+1))
+   visited logits in one vectorised call; a scalar erf per visited node in the walk was a
+   fifth of the layer's time at 4,096 tokens. With few tokens the walk applies it (one call
+   instead of three).
+3. Output: ``out[t] = sum over visited nodes of act(logit) * w_out[:, n]``, twelve visited
+   rows per pass over ``out[t]`` (a depth-11 path), from a row-major copy of ``w_out``
+   (K*N, H) made once per weight version and cached on the weight tensor. With many tokens,
+   they are written in the order of their leaves (a counting sort), so tokens that share a
+   node are adjacent and its output row is read from L3 about once instead of once per token
+   (measured 1.35x on 4,096 tokens).
 
-Measured choices (2-core Xeon, AVX-512, 2 MB L2 per core, 260 MB L3; docs/fff-inference.md):
+Measured choices (2-core Xeon and 2-core EPYC VMs, AVX-512; docs/fff-inference.md):
 
 - numba over a C++ extension: numba builds nothing at install time and caches its machine
   code on disk (``cache=True``); the loops it generates are the ones a C++ compiler would
@@ -53,11 +58,17 @@ from numba import njit, prange
 
 from ultracram.kernels.reference import Activation, fff_gather
 
-# Activation functions the kernel has compiled in, by their code.
-_ACTIVATION_CODES = {F.gelu: 0, F.relu: 1}
+# Activation functions the kernel has compiled in, by their code; _LOGIT keeps the logit.
+_GELU, _RELU, _LOGIT = 0, 1, 2
+_ACTIVATION_CODES = {F.gelu: _GELU, F.relu: _RELU}
 _SQRT_HALF = 0.7071067811865476
-# Below this many tokens a single thread is faster: waking the thread pool costs ~10 us.
-PARALLEL_MIN_TOKENS = 32
+# Paths by token count (measured, docs/fff-inference.md): below SPLIT_MIN_TOKENS one thread
+# does everything in one call (the torch activation call costs ~10 us); from
+# PARALLEL_MIN_TOKENS on, several threads (when set) run the three steps.
+PARALLEL_MIN_TOKENS = 64
+SPLIT_MIN_TOKENS = 256
+# Levels walked in token order before the tokens are sorted by subtree (see _route_serial).
+_TOP_LEVELS = 4
 # Tokens per parallel work item: large enough to amortise scheduling, small enough to balance.
 _BLOCK = 16
 # Only reassociation (SIMD partial sums, as BLAS does) and fused multiply-add; no
@@ -84,9 +95,11 @@ def _dot4(x0, w0, x1, w1, x2, w2, x3, w3):
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
 def _activate(z: np.float32, code: int) -> np.float32:
-    if code == 0:  # exact (erf) GELU, as F.gelu
+    if code == _GELU:  # exact (erf) GELU, as F.gelu
         return np.float32(0.5 * z * (1.0 + math.erf(z * _SQRT_HALF)))
-    return max(z, np.float32(0.0))  # relu
+    if code == _RELU:
+        return max(z, np.float32(0.0))
+    return z  # _LOGIT: the activation is applied afterwards, vectorised, by torch
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
@@ -102,10 +115,32 @@ def _axpy4(o, a0, w0, a1, w1, a2, w2, a3, w3, accumulate):
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _write_rows(o, acts, rows, count, w_rows, accumulate):
-    """o (+)= sum over v < count of acts[v] * w_rows[rows[v]]."""
+def _axpy12(o, a, r, v, w_rows, accumulate):
+    """o (H,) (+)= sum over u < 12 of a[v+u] * w_rows[r[v+u]]: a depth-11 tree's whole path in
+    one pass over o (measured 1.2x faster than three passes of four rows)."""
+    w0, w1, w2, w3 = w_rows[r[v]], w_rows[r[v + 1]], w_rows[r[v + 2]], w_rows[r[v + 3]]
+    w4, w5, w6, w7 = w_rows[r[v + 4]], w_rows[r[v + 5]], w_rows[r[v + 6]], w_rows[r[v + 7]]
+    w8, w9, w10, w11 = w_rows[r[v + 8]], w_rows[r[v + 9]], w_rows[r[v + 10]], w_rows[r[v + 11]]
+    a0, a1, a2, a3, a4, a5 = a[v], a[v + 1], a[v + 2], a[v + 3], a[v + 4], a[v + 5]
+    a6, a7, a8, a9, a10, a11 = a[v + 6], a[v + 7], a[v + 8], a[v + 9], a[v + 10], a[v + 11]
     zero = np.float32(0.0)
-    for v in range(0, count, 4):
+    for h in range(o.shape[0]):
+        s = (((a0 * w0[h] + a1 * w1[h]) + (a2 * w2[h] + a3 * w3[h]))
+             + ((a4 * w4[h] + a5 * w5[h]) + (a6 * w6[h] + a7 * w7[h]))
+             + ((a8 * w8[h] + a9 * w9[h]) + (a10 * w10[h] + a11 * w11[h])))  # fmt: skip
+        o[h] = s + (o[h] if accumulate else zero)
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _write_rows(o, acts, rows, count, w_rows, accumulate):
+    """o (+)= sum over v < count of acts[v] * w_rows[rows[v]]: twelve rows per pass, then
+    four at a time."""
+    zero = np.float32(0.0)
+    v = 0
+    while v + 12 <= count:
+        _axpy12(o, acts, rows, v, w_rows, accumulate or v > 0)
+        v += 12
+    while v < count:
         r0 = rows[v]
         r1 = rows[min(v + 1, count - 1)]
         r2 = rows[min(v + 2, count - 1)]
@@ -115,33 +150,35 @@ def _write_rows(o, acts, rows, count, w_rows, accumulate):
         a3 = acts[v + 3] if v + 3 < count else zero
         _axpy4(o, acts[v], w_rows[r0], a1, w_rows[r1], a2, w_rows[r2], a3, w_rows[r3],
                accumulate or v > 0)  # fmt: skip
+        v += 4
     if count == 0 and not accumulate:
         o[:] = 0.0
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _route4(x, w_in, b_in, base, levels, code, t0, acts, rows, col):
-    """Walk tokens t0..t0+3 down the tree whose first row is ``base``; write each visited
-    node's activation and row to acts/rows (T, K*(D+1)) from column ``col`` on."""
-    x0, x1, x2, x3 = x[t0], x[t0 + 1], x[t0 + 2], x[t0 + 3]
-    n0 = n1 = n2 = n3 = 0
+def _route4(x, w_in, b_in, base, levels, code, t0, t1, t2, t3, n0, n1, n2, n3, acts, rows, col):
+    """Walk tokens t0..t3 ``levels`` levels down the tree whose first row is ``base``, from its
+    (tree-local) nodes n0..n3; write each visited node's activation (or logit, code
+    ``_LOGIT``) and row to acts/rows (T, K*(D+1)) from column ``col`` on. Returns the next
+    node of each token."""
+    x0, x1, x2, x3 = x[t0], x[t1], x[t2], x[t3]
     for i in range(levels):
         r0, r1, r2, r3 = base + n0, base + n1, base + n2, base + n3
         z0, z1, z2, z3 = _dot4(x0, w_in[r0], x1, w_in[r1], x2, w_in[r2], x3, w_in[r3])
         z0, z1, z2, z3 = z0 + b_in[r0], z1 + b_in[r1], z2 + b_in[r2], z3 + b_in[r3]
         c = col + i
-        acts[t0, c], acts[t0 + 1, c] = _activate(z0, code), _activate(z1, code)
-        acts[t0 + 2, c], acts[t0 + 3, c] = _activate(z2, code), _activate(z3, code)
-        rows[t0, c], rows[t0 + 1, c], rows[t0 + 2, c], rows[t0 + 3, c] = r0, r1, r2, r3
+        acts[t0, c], acts[t1, c] = _activate(z0, code), _activate(z1, code)
+        acts[t2, c], acts[t3, c] = _activate(z2, code), _activate(z3, code)
+        rows[t0, c], rows[t1, c], rows[t2, c], rows[t3, c] = r0, r1, r2, r3
         n0, n1 = 2 * n0 + (2 if z0 > 0 else 1), 2 * n1 + (2 if z1 > 0 else 1)
         n2, n3 = 2 * n2 + (2 if z2 > 0 else 1), 2 * n3 + (2 if z3 > 0 else 1)
+    return n0, n1, n2, n3
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _route1(x, w_in, b_in, base, levels, code, t, acts, rows, col):
+def _route1(x, w_in, b_in, base, levels, code, t, node, acts, rows, col):
     """``_route4`` for one token (the remainder of a range)."""
     xt = x[t]
-    node = 0
     for i in range(levels):
         r = base + node
         w = w_in[r]
@@ -152,70 +189,116 @@ def _route1(x, w_in, b_in, base, levels, code, t, acts, rows, col):
         acts[t, col + i] = _activate(z, code)
         rows[t, col + i] = r
         node = 2 * node + (2 if z > 0 else 1)
+    return node
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _route_range(x, w_in, b_in, depth, trees, code, start, stop, acts, rows):
-    """Route tokens start..stop-1 through every tree."""
-    n = 2 ** (depth + 1) - 1
+def _walk(x, w_in, b_in, base, levels, code, order, start, stop, nodes, acts, rows, col):
+    """Walk tokens order[start:stop], four at a time, ``levels`` levels down from their
+    nodes[t]; nodes[t] becomes the next node."""
     full = start + (stop - start) // 4 * 4
-    for k in range(trees):
-        col = k * (depth + 1)
-        for t0 in range(start, full, 4):
-            _route4(x, w_in, b_in, k * n, depth + 1, code, t0, acts, rows, col)
-        for t in range(full, stop):
-            _route1(x, w_in, b_in, k * n, depth + 1, code, t, acts, rows, col)
+    for i in range(start, full, 4):
+        t0, t1, t2, t3 = order[i], order[i + 1], order[i + 2], order[i + 3]
+        n = _route4(x, w_in, b_in, base, levels, code, t0, t1, t2, t3,
+                    nodes[t0], nodes[t1], nodes[t2], nodes[t3], acts, rows, col)  # fmt: skip
+        nodes[t0], nodes[t1], nodes[t2], nodes[t3] = n
+    for i in range(full, stop):
+        t = order[i]
+        nodes[t] = _route1(x, w_in, b_in, base, levels, code, t, nodes[t], acts, rows, col)
 
 
-@njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _leaf_order(rows, depth):
-    """Token order sorted by the leaf of the first tree (counting sort): tokens that share a
-    node are then adjacent, so writing outputs in this order loads each visited node's output
-    row from L3 about once instead of once per token (measured 1.35x at 4,096 tokens)."""
-    T = rows.shape[0]
-    first_leaf = 2**depth - 1
-    counts = np.zeros(2**depth + 1, np.int64)
-    for t in range(T):
-        counts[rows[t, depth] - first_leaf + 1] += 1
-    for j in range(2**depth):
+@njit(cache=True, nogil=True)
+def _bucket_order(nodes, level):
+    """Token order sorted by their node at ``level`` (a stable counting sort)."""
+    first = 2**level - 1
+    counts = np.zeros(2**level + 1, np.int64)
+    for t in range(nodes.shape[0]):
+        counts[nodes[t] - first + 1] += 1
+    for j in range(2**level):
         counts[j + 1] += counts[j]
-    order = np.empty(T, np.int64)
-    for t in range(T):
-        j = rows[t, depth] - first_leaf
+    order = np.empty(nodes.shape[0], np.int64)
+    for t in range(nodes.shape[0]):
+        j = nodes[t] - first
         order[counts[j]] = t
         counts[j] += 1
     return order
 
 
+@njit(cache=True, nogil=True)
+def _leaf_order(rows, depth):
+    """Token order sorted by the leaf of the first tree: tokens that share a node are then
+    adjacent, so writing outputs in this order loads each visited node's output row from L3
+    about once instead of once per token (measured 1.35x at 4,096 tokens)."""
+    return _bucket_order(rows[:, depth], depth)
+
+
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _fff_serial(x, w_in, b_in, w_rows, depth, trees, code, out):
-    """One thread: route every token, then write the outputs (in leaf order when there are
-    enough tokens to share nodes)."""
-    T, visited = x.shape[0], trees * (depth + 1)
+def _fff_few(x, w_in, b_in, w_rows, depth, trees, code, out):
+    """Few tokens, one thread, one call: walk every token root to leaf (activation applied
+    in the walk), then write the outputs in token order."""
+    T, visited, n = x.shape[0], trees * (depth + 1), 2 ** (depth + 1) - 1
     acts = np.empty((T, visited), np.float32)
-    rows = np.empty((T, visited), np.int64)
-    _route_range(x, w_in, b_in, depth, trees, code, 0, T, acts, rows)
-    if T < PARALLEL_MIN_TOKENS:
-        for t in range(T):
-            _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
-    else:
-        for t in _leaf_order(rows, depth):
-            _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
+    rows = np.empty((T, visited), np.int32)
+    order = np.arange(T)
+    nodes = np.empty(T, np.int64)
+    for k in range(trees):
+        nodes[:] = 0
+        _walk(x, w_in, b_in, k * n, depth + 1, code, order, 0, T, nodes, acts, rows, k * (depth + 1))
+    for t in range(T):
+        _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
+
+
+# Many tokens: route (logits out), activation by torch, write in leaf order. Each step has a
+# one-thread and an all-threads compilation; the bodies are the shared inline helpers above.
+# Routing walks the top levels in token order, then sorts the tokens by their node there
+# (a subtree of 2^(D+1-top)-1 nodes, 765 KB at depth 11, fits in L2) and walks the rest in
+# that order: the deep nodes' rows then come from L2 instead of L3 (measured 1.3x for routing
+# at 4,096 tokens, depth 11). ``order``/``nodes``: (T,) int64 scratch, order = arange(T).
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _route_serial(x, w_in, b_in, depth, trees, logits, rows, order, nodes):
+    T, n, top = x.shape[0], 2 ** (depth + 1) - 1, min(_TOP_LEVELS, depth + 1)
+    for k in range(trees):
+        col = k * (depth + 1)
+        nodes[:] = 0
+        _walk(x, w_in, b_in, k * n, top, _LOGIT, order, 0, T, nodes, logits, rows, col)
+        if top <= depth:
+            by_subtree = _bucket_order(nodes, top)
+            _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, 0, T, nodes, logits, rows, col + top)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True, parallel=True)
-def _fff_parallel(x, w_in, b_in, w_rows, depth, trees, code, out):
-    """All threads: route blocks of tokens, then write the outputs in leaf order."""
-    T, visited = x.shape[0], trees * (depth + 1)
-    acts = np.empty((T, visited), np.float32)
-    rows = np.empty((T, visited), np.int64)
-    for b in prange((T + _BLOCK - 1) // _BLOCK):
-        _route_range(x, w_in, b_in, depth, trees, code, b * _BLOCK, min(T, (b + 1) * _BLOCK), acts, rows)
-    order = _leaf_order(rows, depth)
+def _route_parallel(x, w_in, b_in, depth, trees, logits, rows, order, nodes):
+    T, n, top = x.shape[0], 2 ** (depth + 1) - 1, min(_TOP_LEVELS, depth + 1)
+    blocks = (T + _BLOCK - 1) // _BLOCK
+    for k in range(trees):
+        col = k * (depth + 1)
+        for b in prange(blocks):
+            start, stop = b * _BLOCK, min(T, (b + 1) * _BLOCK)
+            for t in range(start, stop):
+                nodes[t] = 0
+            _walk(x, w_in, b_in, k * n, top, _LOGIT, order, start, stop, nodes, logits, rows, col)
+        if top <= depth:
+            by_subtree = _bucket_order(nodes, top)
+            for b in prange(blocks):
+                start, stop = b * _BLOCK, min(T, (b + 1) * _BLOCK)
+                _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, start, stop, nodes, logits, rows, col + top)
+
+
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _write_serial(acts, rows, order, w_rows, out):
+    for t in order:
+        _write_rows(out[t], acts[t], rows[t], rows.shape[1], w_rows, False)
+
+
+# No array creation in here: numba turns np.zeros into a parallel loop of its own, which
+# parallel_chunksize(1) would split into one task per element (measured 150 us for 2,049).
+@njit(cache=True, fastmath=_FASTMATH, nogil=True, parallel=True)
+def _write_parallel(acts, rows, order, w_rows, out):
+    T = rows.shape[0]
     for b in prange((T + _BLOCK - 1) // _BLOCK):
         for i in range(b * _BLOCK, min(T, (b + 1) * _BLOCK)):
             t = order[i]
-            _write_rows(out[t], acts[t], rows[t], visited, w_rows, False)
+            _write_rows(out[t], acts[t], rows[t], rows.shape[1], w_rows, False)
 
 
 def _weights(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> tuple:
@@ -238,19 +321,30 @@ def _weights(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> tup
     return arrays
 
 
-def _run(x: torch.Tensor, w_in, b_in, w_out, depth: int, trees: int, code: int) -> torch.Tensor:
+def _run(x: torch.Tensor, w_in, b_in, w_out, depth: int, trees: int, activation) -> torch.Tensor:
     w, b, w_rows = _weights(w_in, b_in, w_out)
     if x.requires_grad:  # no_grad mode with a leaf that requires grad
         x = x.detach()
     xs = (x if x.is_contiguous() else x.contiguous()).numpy()  # (T, H); copies only strided views
     out = np.empty_like(xs)
-    if xs.shape[0] < PARALLEL_MIN_TOKENS or numba.get_num_threads() == 1:
-        _fff_serial(xs, w, b, w_rows, depth, trees, code, out)
-    else:
-        # Dynamic scheduling, one block at a time: on a shared machine a thread whose core is
-        # busy takes fewer blocks instead of holding up the others.
-        with numba.parallel_chunksize(1):
-            _fff_parallel(xs, w, b, w_rows, depth, trees, code, out)
+    T, visited = xs.shape[0], trees * (depth + 1)
+    parallel = T >= PARALLEL_MIN_TOKENS and numba.get_num_threads() > 1
+    if not parallel and T < SPLIT_MIN_TOKENS:
+        _fff_few(xs, w, b, w_rows, depth, trees, _ACTIVATION_CODES[activation], out)
+        return torch.from_numpy(out)
+    logits = np.empty((T, visited), np.float32)
+    rows = np.empty((T, visited), np.int32)
+    order, nodes = np.arange(T), np.empty(T, np.int64)
+    # Dynamic scheduling, one block at a time: on a shared machine a thread whose core is busy
+    # takes fewer blocks instead of holding up the others.
+    with numba.parallel_chunksize(1):
+        (_route_parallel if parallel else _route_serial)(xs, w, b, depth, trees, logits, rows, order, nodes)
+        # The activation of the T*K*(D+1) visited logits, vectorised by torch: the same
+        # function as the reference's, and 1.25x faster for the whole layer at 4,096 tokens
+        # than a scalar erf per node in the walk.
+        acts = activation(torch.from_numpy(logits)).numpy()
+        order = _leaf_order(rows, depth)
+        (_write_parallel if parallel else _write_serial)(acts, rows, order, w_rows, out)
     return torch.from_numpy(out)
 
 
@@ -287,12 +381,11 @@ def fff_cpu(
     """
     if x.device.type != "cpu":
         raise ValueError(f"the 'cpu' FFF implementation needs CPU tensors, got {x.device}")
-    code = _ACTIVATION_CODES.get(activation)
-    if code is None or x.dtype != torch.float32:
+    if activation not in _ACTIVATION_CODES or x.dtype != torch.float32:
         return fff_gather(x, w_in, b_in, w_out, depth, trees, activation)
     if needs_grad(x, w_in, b_in, w_out):
-        return InferenceOnly.apply("cpu", _run, x, w_in, b_in, w_out, depth, trees, code)
-    return _run(x, w_in, b_in, w_out, depth, trees, code)
+        return InferenceOnly.apply("cpu", _run, x, w_in, b_in, w_out, depth, trees, activation)
+    return _run(x, w_in, b_in, w_out, depth, trees, activation)
 
 
 def set_num_threads(n: int) -> None:
