@@ -32,7 +32,6 @@ import lzma
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from ultracram.errors import UltracramError
 from ultracram.fileio import atomic_write_bytes
+from ultracram.progress import ProgressDisplay
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -619,47 +619,22 @@ def _clean_dir(out_dir: Path, keep: set[str]) -> None:
 
 
 class _Progress:
-    """A rich progress bar over input bytes (or nothing)."""
+    """Progress over input bytes (``ultracram.progress``: a bar on a terminal, plain lines in
+    a log), or nothing."""
 
     def __init__(self, total: int, enabled: bool, out_dir: Path):
-        self.bar = None
-        self.last = 0.0
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]prepare[/bold] {task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.task = self.bar.add_task(str(out_dir), total=total, info="")
-        self.bar.start()
+        self.total = total
+        self.display = ProgressDisplay(f"prepare {out_dir}", total, enabled=enabled)
 
     def update(self, done: int, counts: dict) -> None:
-        if self.bar is None:
+        if not self.display.enabled:
             return
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        info = (f"{counts['documents_encoded']:,} docs  {counts['tokens_encoded'] / 1e6:.1f}M tok  "
-                f"{counts['sequences']:,} seqs")  # fmt: skip
-        self.bar.update(self.task, completed=done, info=info)
+        info = (f"{done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  {counts['documents_encoded']:,} docs  "
+                f"{counts['tokens_encoded'] / 1e6:.1f}M tok  {counts['sequences']:,} seqs")  # fmt: skip
+        self.display.update(done, info)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.display.close()
 
 
 # --------------------------------------------------------------------------------------------

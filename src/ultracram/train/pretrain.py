@@ -39,6 +39,7 @@ from torch import nn
 
 from ultracram.config import ModelConfig, get_preset
 from ultracram.fileio import atomic_write_text
+from ultracram.progress import ProgressDisplay
 from ultracram.train.optim import (
     BudgetSchedule,
     accumulation_steps,
@@ -567,20 +568,17 @@ def _precision_name(fabric) -> str:
 
 
 class _ProgressBar:
-    """A rich progress bar over the budget fraction with loss, tokens/s and budget left."""
+    """Progress over the budget fraction with loss, tokens/s and budget left
+    (``ultracram.progress``: a bar on a terminal, plain lines in a log)."""
 
     def __init__(self, budget: Budget, enabled: bool):
-        self.budget, self.bar = budget, None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("pretraining"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                                TextColumn("{task.fields[info]}"), transient=False)  # fmt: skip
-            self.bar.start()
-            self.task = self.bar.add_task("", total=1.0, info="")
+        self.budget = budget
+        # The budget fraction of a resumed run does not start at 0: budget left is computed
+        # here, not estimated by the display.
+        self.display = ProgressDisplay("pretraining", 1.0, enabled=enabled, eta=False)
 
     def update(self, fraction: float, progress: Progress, row: dict) -> None:
-        if self.bar is None:
+        if not self.display.enabled:
             return
         rate = row["tokens_per_s"]
         if self.budget.kind == "time":
@@ -591,11 +589,10 @@ class _ProgressBar:
             left = progress.elapsed_s / max(progress.step, 1) * (self.budget.amount - progress.step)
         info = (f"step {progress.step} loss {row['loss']:.3f} lr {row['lr']:.2e} bs {row['batch_size']} "
                 f"{rate:,.0f} tok/s  budget left {_hms(max(left, 0.0))}")  # fmt: skip
-        self.bar.update(self.task, completed=fraction, info=info)
+        self.display.update(fraction, info)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.display.close()
 
 
 def _hms(seconds: float) -> str:
