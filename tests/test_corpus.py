@@ -110,6 +110,14 @@ def test_filter_ratio_off_keeps_all(wiki, tmp_path):
     np.testing.assert_array_equal(all_rows(tmp_path), ref)
 
 
+def test_progress_in_a_log_ends_with_the_final_counts(wiki, tmp_path, capsys):
+    """Not a terminal (as in CI): plain lines, the last one with every sequence written."""
+    m = prepare_corpus([wiki["path"]], tmp_path, wiki["tok_path"], SEQ, workers=0, show_progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepare ")]
+    assert lines and "100.0%" in lines[-1]
+    assert f"{m['tokens'] // SEQ:,} seqs written" in lines[-1]
+
+
 def test_sort_by_length(wiki, tmp_path):
     prepare_corpus([wiki["path"]], tmp_path, wiki["tok_path"], SEQ, workers=0, sort_by_length=True,
                    sort_buffer=10_000)  # fmt: skip

@@ -545,6 +545,7 @@ def prepare_corpus(
         if packer.pending_rows:
             next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
         counts["tokens_dropped_tail"] = len(packer.carry)
+        progress.update(bytes_done(), counts)  # the last shard's sequences
     finally:
         progress.close()
         if pool is not None:
@@ -630,7 +631,7 @@ class _Progress:
         if not self.display.enabled:
             return
         info = (f"{done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  {counts['documents_encoded']:,} docs  "
-                f"{counts['tokens_encoded'] / 1e6:.1f}M tok  {counts['sequences']:,} seqs")  # fmt: skip
+                f"{counts['tokens_encoded'] / 1e6:.1f}M tok  {counts['sequences']:,} seqs written")  # fmt: skip
         self.display.update(done, info)
 
     def close(self) -> None:
