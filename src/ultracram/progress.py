@@ -14,7 +14,8 @@ import sys
 import time
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """``H:MM:SS``; negative durations show as 0:00:00."""
     s = int(max(seconds, 0.0))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -73,6 +74,6 @@ class ProgressDisplay:
     def _print_line(self, completed: float, info: str) -> None:
         elapsed = time.monotonic() - self.start
         fraction = min(max(completed / self.total, 0.0), 1.0)
-        left = f"  {_hms(elapsed / fraction - elapsed)} left" if self.eta and 0.0 < fraction < 1.0 else ""
-        print(f"{self.label}: {100 * fraction:5.1f}%  {_hms(elapsed)} elapsed{left}  {info}".rstrip(),
+        left = f"  {hms(elapsed / fraction - elapsed)} left" if self.eta and 0.0 < fraction < 1.0 else ""
+        print(f"{self.label}: {100 * fraction:5.1f}%  {hms(elapsed)} elapsed{left}  {info}".rstrip(),
               file=sys.stdout, flush=True)  # fmt: skip

@@ -39,7 +39,7 @@ from torch import nn
 
 from ultracram.config import ModelConfig, get_preset
 from ultracram.fileio import atomic_write_text
-from ultracram.progress import ProgressDisplay
+from ultracram.progress import ProgressDisplay, hms
 from ultracram.train.optim import (
     BudgetSchedule,
     accumulation_steps,
@@ -588,16 +588,11 @@ class _ProgressBar:
         else:
             left = progress.elapsed_s / max(progress.step, 1) * (self.budget.amount - progress.step)
         info = (f"step {progress.step} loss {row['loss']:.3f} lr {row['lr']:.2e} bs {row['batch_size']} "
-                f"{rate:,.0f} tok/s  budget left {_hms(max(left, 0.0))}")  # fmt: skip
+                f"{rate:,.0f} tok/s  budget left {hms(left)}")  # fmt: skip
         self.display.update(fraction, info)
 
     def close(self) -> None:
         self.display.close()
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def run_from_args(args) -> dict:
