@@ -46,7 +46,7 @@ def main() -> None:
         for label, first in before.items():
             pair = {"cpu": calls["cpu"]} if first is None else {"before": first, "cpu": calls["cpu"]}
             cpu = time_calls(pair, args.min_time)["cpu"]["min_s"]
-            print(f"| {label} | {cpu * 1e3:.2f} | {dense / cpu:.0f}x |")
+            print(f"| {label} | {cpu * 1e3:.2f} | {dense / cpu:.3g}x |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The FFF speed benchmarks (issue 6) on tiny sizes: they check outputs and report ratios."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from ultracram.bench.fff import bench_ffn, bench_model, time_calls
 from ultracram.cli import main
@@ -49,3 +52,12 @@ def test_cli_bench_ffn_quick_flags(tmp_path):
             "--out", str(out), "--plot", str(tmp_path / "ffn.png")]  # fmt: skip
     assert main(args) == 0
     assert json.loads(out.read_text())["all_outputs_match"]
+
+
+def test_ffn_cache_states_script_prints_one_row_per_predecessor():
+    script = Path(__file__).parents[1] / "scripts" / "ffn_cache_states.py"
+    run = subprocess.run([sys.executable, str(script), "--tokens", "8", "--min-time", "0"],
+                         capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and line.endswith("x |")]
+    assert len(rows) == 4, run.stdout
+    assert all(float(row.split("|")[-2].strip().rstrip("x")) > 0 for row in rows)
