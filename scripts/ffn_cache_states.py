@@ -1,8 +1,8 @@
 """How much the FFF CPU kernel's time depends on what the caches hold when it starts.
 
-At 4,096 tokens the layer is memory-bound, so the same call is faster after itself (its rows
-still cached) than after other work that leaves the cache full of dirty lines. This times
-the layer (depth 11, H 768, one thread) in interleaved rounds after each of four
+At 4,096 tokens the layer is memory-bound, so the same call is faster right after itself (part
+of its data still cached) than after other long work, such as the dense layer that precedes it
+in `ultracram bench ffn`'s interleaved rounds. This times the layer (depth 11, H 768, one thread) in interleaved rounds after each of four
 predecessors and prints the ratio to the dense 768->4095->768 layer measured in the same run
 (docs/fff-inference.md, "Why 4,096 tokens stop at ~128x").
 
@@ -46,7 +46,8 @@ def main() -> None:
         for label, first in before.items():
             pair = {"cpu": calls["cpu"]} if first is None else {"before": first, "cpu": calls["cpu"]}
             cpu = time_calls(pair, args.min_time)["cpu"]["min_s"]
-            print(f"| {label} | {cpu * 1e3:.2f} | {dense / cpu:.3g}x |")
+            ratio = dense / cpu
+            print(f"| {label} | {cpu * 1e3:.2f} | {ratio:.0f}x |" if ratio >= 10 else f"| {label} | {cpu * 1e3:.2f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
