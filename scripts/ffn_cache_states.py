@@ -2,9 +2,10 @@
 
 At 4,096 tokens the layer is memory-bound, so the same call is faster right after itself (part
 of its data still cached) than after other long work, such as the dense layer that precedes it
-in `ultracram bench ffn`'s interleaved rounds. This times the layer (depth 11, H 768, one thread) in interleaved rounds after each of four
-predecessors and prints the ratio to the dense 768->4095->768 layer measured in the same run
-(docs/fff-inference.md, "Why 4,096 tokens stop at ~128x").
+in `ultracram bench ffn`'s interleaved rounds. This times the layer (depth 11, H 768, one
+thread) in interleaved rounds after each of four predecessors and prints the ratio to the
+dense 768->4095->768 layer measured in the same run (docs/fff-inference.md, "Why 4,096
+tokens stop at ~128x").
 
     python scripts/ffn_cache_states.py [--tokens 4096] [--threads 1] [--min-time 1.0]
 """
