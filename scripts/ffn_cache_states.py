@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from ultracram.bench.fff import _ffn_calls, ffn_layers, time_calls
+from ultracram.bench.fff import ffn_calls, ffn_layers, time_calls
 from ultracram.kernels.cpu import set_num_threads
 
 _JUNK_MB = 64  # twice the L3 of the 2-core VMs: evicts everything the layer used
@@ -32,7 +32,7 @@ def main() -> None:
     set_num_threads(args.threads)
     torch.manual_seed(1)
     x = torch.randn(args.tokens, 768)
-    calls = _ffn_calls(ffn_layers(), x, "cpu")
+    calls = ffn_calls(ffn_layers(), x, "cpu")
     junk = np.random.default_rng(0).random(_JUNK_MB * 2**20 // 4, dtype=np.float32)
     before = {
         "the same layer (its data still cached)": None,

@@ -116,7 +116,7 @@ def ffn_layers(
     return layers
 
 
-def _ffn_calls(layers: dict[str, torch.nn.Module], x: torch.Tensor, fast: str) -> dict[str, Callable]:
+def ffn_calls(layers: dict[str, torch.nn.Module], x: torch.Tensor, fast: str) -> dict[str, Callable]:
     """One zero-argument call per path, all on the same input x (T, H)."""
     fff = layers["fff"]
     w = (fff.linear_in.weight, fff.linear_in.bias, fff.linear_out.weight)
@@ -166,7 +166,7 @@ def bench_ffn(
         set_num_threads(n_threads)
         for n in tokens:
             x = torch.randn(n, hidden, device=device)
-            calls = _ffn_calls(layers, x, fast)
+            calls = ffn_calls(layers, x, fast)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
             with torch.no_grad():
                 ref = calls["masked"]()
