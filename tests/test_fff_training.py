@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ultracram.config import get_preset
-from ultracram.kernels import FFF_IMPLEMENTATIONS, default_training_implementation, fff_paths
+from ultracram.kernels import FFF_IMPLEMENTATIONS, fff_paths
 from ultracram.kernels.autograd import fff_conditional
 from ultracram.kernels.reference import fff_masked, fff_nodes
+from ultracram.model.dispatch import resolve, set_fff_implementation
 from ultracram.model.feedforward import FastFeedForward
 
 
@@ -116,10 +117,38 @@ def test_fast_feedforward_module_trains_with_conditional():
         assert torch.allclose(q.grad, p.grad, atol=1e-5 * p.grad.abs().max().item()), name
 
 
-def test_default_training_implementation():
-    assert default_training_implementation("cpu") in FFF_IMPLEMENTATIONS
-    assert default_training_implementation("cpu") == "conditional"
-    assert default_training_implementation(torch.device("cuda")) in ("conditional", "gather")
+def test_auto_training_implementation():
+    assert resolve("cpu", "train", depth=11) == "conditional"
+    assert resolve("cpu", "train", depth=4) == "conditional"  # 128x4: 6.2 nodes per visit
+    # 256x2 and 512x1: the masked reference's BLAS products win on CPU; auto says so by name.
+    assert resolve("cpu", "train", depth=2) == "masked"
+    assert resolve("cpu", "train", depth=1) == "masked"
+    assert resolve(torch.device("cuda"), "train") in ("conditional", "gather")
+    assert resolve("meta", "train") == "gather"
+    assert all(resolve("cpu", "train", depth=d) in FFF_IMPLEMENTATIONS for d in range(12))
+
+
+def test_set_fff_implementation_per_layer_and_refusals():
+    from ultracram.config import get_preset
+    from ultracram.model import build_model
+
+    model = build_model(get_preset("ultrafastbert-tiny", fff_depth=2, fff_trees=4), "mlm")
+    assert set_fff_implementation(model, "auto") == ["masked"] * 2
+    assert set_fff_implementation(model, "conditional") == ["conditional"] * 2  # explicit: the kernels
+    assert set_fff_implementation(model, "auto", mode="infer") == ["cpu"] * 2
+    with pytest.raises(ValueError, match="inference-only"):
+        set_fff_implementation(model, "cpu", mode="train")
+    with pytest.raises(ValueError, match="unknown FFF implementation"):
+        set_fff_implementation(model, "fastest")
+
+
+def test_conditional_never_substitutes_masked():
+    """A shallow tree on CPU named ``conditional`` runs the kernels (its backward is the
+    custom Function's), not the masked reference under another name."""
+    x, w_in, b_in, w_out, _ = make_layer(5, 8, 1, 4)
+    x.requires_grad_()
+    out = fff_conditional(x, w_in, b_in, w_out, 1, 4, F.gelu)
+    assert type(out.grad_fn).__name__.startswith("FFFConditional")
 
 
 def test_unknown_backend_is_rejected():

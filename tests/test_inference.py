@@ -5,7 +5,7 @@ import torch
 
 from ultracram.config import get_preset
 from ultracram.model import FastFeedForward, build_model, for_inference
-from ultracram.model.inference import fastest_fff_implementation, fff_implementations
+from ultracram.model.dispatch import fff_implementations, resolve
 
 
 def tiny_fff_model(task, trees=1, depth=5):
@@ -63,7 +63,7 @@ def test_for_inference_leaves_other_models_alone():
     assert for_inference(model) is model and not model.training
 
 
-def test_fastest_implementation_per_device():
-    assert fastest_fff_implementation("cpu") == "cpu"
-    assert fastest_fff_implementation("meta") == "gather"
-    assert fastest_fff_implementation("cuda") in ("triton", "gather")
+def test_fastest_inference_implementation_per_device():
+    assert resolve("cpu", "infer") == "cpu"
+    assert resolve("meta", "infer") == "gather"
+    assert resolve("cuda", "infer") in ("triton", "gather")

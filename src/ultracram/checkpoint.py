@@ -11,24 +11,22 @@ shape; each failure is a ``CheckpointError`` that names the file and the problem
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from torch import nn
 
 from ultracram import __version__
 from ultracram.config import ConfigError, ModelConfig, get_preset
 from ultracram.errors import UltracramError
-from ultracram.fileio import fsync_dir
-from ultracram.model import build_model
+from ultracram.fileio import atomic_replace_dir, sha256_file
+from ultracram.model import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, build_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,14 +36,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(UltracramError, RuntimeError):
     """A checkpoint cannot be loaded; the message says which file and why."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,8 +58,9 @@ def save_checkpoint(
     tokenizer_path: str | Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` to ``directory`` atomically: files go to a temporary sibling directory,
-    are fsynced, then renamed into place, so a crash never leaves a half-written checkpoint.
+    """Write ``model`` to ``directory`` atomically (``ultracram.fileio.atomic_replace_dir``):
+    files go to a temporary sibling directory, are fsynced, then swapped into place, so a crash
+    never leaves a half-written checkpoint nor loses the previous one.
 
     ``model`` must have a ``config`` attribute (every ultracram model has). ``extra`` is stored
     under ``"extra"`` in config.json (e.g. training metadata).
@@ -77,9 +68,8 @@ def save_checkpoint(
     directory = Path(directory)
     config: ModelConfig = model.config
     task, num_labels = _task_of(model)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         weights = tmp / WEIGHTS_NAME
         save_file(unique_state_dict(model), str(weights), metadata={"format": "pt"})
         meta: dict[str, Any] = {
@@ -98,26 +88,11 @@ def save_checkpoint(
                                  "vocab_size": _tokenizer_vocab_size(tmp / TOKENIZER_NAME)}  # fmt: skip
             _check_vocab(config, meta["tokenizer"]["vocab_size"], tmp / TOKENIZER_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-        fsync_dir(directory.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+    return atomic_replace_dir(directory, build)
 
 
 def _task_of(model: nn.Module) -> tuple[str, int]:
-    from ultracram.model import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
-
     if isinstance(model, EncoderForMaskedLM):
         return "mlm", 0
     if isinstance(model, EncoderForSequenceClassification):
@@ -128,8 +103,6 @@ def _task_of(model: nn.Module) -> tuple[str, int]:
 
 
 def _tokenizer_vocab_size(path: Path) -> int:
-    from tokenizers import Tokenizer
-
     return Tokenizer.from_file(str(path)).get_vocab_size()
 
 

@@ -81,6 +81,11 @@ def _add_glue(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-eval-examples", type=int, default=None, help="fixed random subset of each dev set")
     p.add_argument("--include-wnli", action="store_true", help="count WNLI in the average")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes that share each step's batch (DDP), as in pretrain (default: 1)")  # fmt: skip
+    p.add_argument("--precision", default="auto",
+                   help="auto (bf16-mixed on CUDA with bf16, 16-mixed on older cards, 32-true on CPU, as in "
+                   "pretrain) or a Lightning precision (default: auto)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> None:
         from ultracram.train.finetune import run_glue_command
@@ -89,7 +94,8 @@ def _add_glue(sub: argparse._SubParsersAction) -> None:
                      "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples}  # fmt: skip
         run_glue_command(args.checkpoint, args.glue_dir, args.out, tasks=args.tasks, seeds=args.seeds,
                          protocol=args.protocol, settings_file=args.settings, set_options=args.set,
-                         shortcuts=shortcuts, device=args.device, include_wnli=args.include_wnli)  # fmt: skip
+                         shortcuts=shortcuts, device=args.device, devices=args.devices, precision=args.precision,
+                         include_wnli=args.include_wnli)  # fmt: skip
 
     p.set_defaults(func=run)
 
@@ -351,6 +357,36 @@ BENCH_COMMANDS += [_add_bench_ffn, _add_bench_model]
 BENCH_COMMANDS += [_add_bench_train]
 BENCH_COMMANDS += [_add_bench_prepare]
 BENCH_COMMANDS += [_add_bench_fff_train]
+
+
+def _add_bench_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="one GLUE fine-tuning step per FFF path through the training engine, vs masked",
+        description="Time the step `ultracram glue` takes (engine.train_step on a classifier) for each FFF "
+        "path, in interleaved rounds, with the ratio to the masked reference from the same run and the "
+        "first-step loss difference. auto = what `ultracram glue` uses (the conditional kernels).",
+    )
+    p.add_argument("--preset", default="ultrafastbert-1x11", help="model preset (default: %(default)s)")
+    p.add_argument("--paths", default="masked,auto", help="FFF paths, comma list with masked (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per step (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="timed steps per path (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", default="auto", help="auto or a Lightning precision (default: %(default)s)")
+    p.add_argument("--out", default="out/bench/finetune.json", help="JSON output (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.bench.finetune import bench_finetune
+
+        bench_finetune(args.preset, paths=tuple(args.paths.split(",")), batch_size=args.batch_size,
+                       seq_len=args.seq_len, rounds=args.rounds, device=args.device, precision=args.precision,
+                       out=args.out)  # fmt: skip
+
+    p.set_defaults(func=run)
+
+
+BENCH_COMMANDS += [_add_bench_finetune]
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -18,8 +18,10 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +29,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ultracram import __version__
+from ultracram.checkpoint import load_checkpoint
 from ultracram.config import get_preset
+from ultracram.data.corpus import TokenShards, find_text_files, iter_file_documents, prepare_corpus
+from ultracram.data.glue import TASKS, eval_columns
 from ultracram.data.sample import sample_corpus_path, sample_glue_dir
-from ultracram.errors import UltracramError
-from ultracram.fileio import atomic_write_text
+from ultracram.data.tokenizer import save_tokenizer, train_tokenizer
+from ultracram.errors import RunMismatchError, UltracramError
+from ultracram.fileio import atomic_write_json, check_same_run
+from ultracram.kernels import fff_paths
+from ultracram.model import FastFeedForward, flops_per_token, for_inference, parameter_counts
+from ultracram.train.metrics import read_metrics
+from ultracram.train.pretrain_config import PretrainConfig
+from ultracram.train.state import latest_state
 
 TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
 
@@ -84,26 +96,18 @@ class StudySettings:
 
 
 def _check_settings(out: Path, settings: StudySettings) -> None:
-    """Record the settings on first run; refuse to mix a different study into the directory."""
-    path = out / "study.json"
-    mine = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as stored
-    if path.is_file():
-        stored = json.loads(path.read_text())["settings"]
-        diff = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
-        if diff:
-            raise StudyError(
-                f"{out} holds a study with different settings ({', '.join(diff)}); "
-                "use another --out directory, or the same settings to resume"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": mine, "environment": environment()}, indent=2) + "\n")
+    """Record the settings on first run (with the environment, which is not compared); refuse
+    to mix a different study into the directory (``ultracram.fileio.check_same_run``)."""
+    try:
+        check_same_run(out / "study.json", {"settings": asdict(settings)}, what="study",
+                       hint="use another --out directory, or the same settings to resume",
+                       record={"environment": environment()})  # fmt: skip
+    except RunMismatchError as e:
+        raise StudyError(str(e)) from e
 
 
 def environment() -> dict[str, Any]:
     """Versions and hardware, so the study can be repeated."""
-    import importlib.metadata as md
-    import os
 
     def version(pkg: str) -> str | None:
         try:
@@ -123,31 +127,24 @@ def environment() -> dict[str, Any]:
 
 def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None]) -> Path:
     """One tokenizer and one set of shards for every model (skipped when already there)."""
-    from ultracram.data.corpus import find_text_files, iter_file_documents, prepare_corpus
-    from ultracram.data.tokenizer import train_tokenizer
-
     inputs = [Path(p) for p in settings.corpus] or [sample_corpus_path()]
     tok_path = out / "tokenizer" / "tokenizer.json"
     vocab = settings.vocab_size or max(get_preset(m).vocab_size for m in settings.models)
     if not tok_path.is_file():
         log(f"training a {vocab}-token WordPiece tokenizer on {', '.join(map(str, inputs))}")
         docs = (d for f in find_text_files(inputs) for d in iter_file_documents(f))
-        tok = train_tokenizer(docs, vocab_size=vocab)
-        tok_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tok_path.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(tok_path)
+        save_tokenizer(train_tokenizer(docs, vocab_size=vocab), tok_path)
     shards = out / "shards"
     log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
     ratio = settings.max_token_ratio or (0.25 if vocab >= 32768 else 0.5)
-    prepare_corpus(inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=ratio, show_progress=True)
+    prepare_corpus(
+        inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=ratio, show_progress=True
+    )
     return shards
 
 
 def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log) -> dict[str, Any]:
-    from ultracram.train.pretrain import pretrain
-    from ultracram.train.pretrain_config import PretrainConfig
-    from ultracram.train.state import latest_state
+    from ultracram.train.pretrain import pretrain  # Lightning: imported only when a study trains
 
     run = out / "models" / model / "pretrain"
     summary_path = run / "summary.json"
@@ -168,8 +165,6 @@ def inference_tokens_per_s(
     model: torch.nn.Module, seq_len: int, device: str, batch: int = 8, repeats: int = 3
 ) -> float:
     """Encoder throughput through ultracram's inference path (FFF layers on their fastest kernel)."""
-    from ultracram.model import for_inference
-
     encoder = for_inference(model.encoder.to(device), device)
     vocab = model.config.vocab_size
     ids = torch.randint(5, vocab, (batch, seq_len), device=device)
@@ -191,12 +186,6 @@ def inference_tokens_per_s(
 def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[list[float]] | None:
     """Per FFF layer: [fraction of leaves reached, normalised routing entropy over leaves] on
     the last ``rows`` sequences of the shards."""
-    import numpy as np
-
-    from ultracram.data.corpus import TokenShards
-    from ultracram.kernels import fff_paths
-    from ultracram.model import FastFeedForward
-
     layers = [m for m in model.modules() if isinstance(m, FastFeedForward)]
     if not layers:
         return None
@@ -236,11 +225,7 @@ def run_model(
     out: Path, model: str, shards: Path, glue_dir: Path, settings: StudySettings, log
 ) -> dict[str, Any]:
     """Pretrain, fine-tune and measure one model; returns (and stores) its report row."""
-    from ultracram.checkpoint import load_checkpoint
-    from ultracram.data.glue import TASKS, eval_columns
-    from ultracram.model import flops_per_token, parameter_counts
-    from ultracram.train.finetune import run_glue
-    from ultracram.train.metrics import read_metrics
+    from ultracram.train.finetune import run_glue  # Lightning: imported only when a study trains
 
     summary = _pretrain(out, model, shards, settings, log)
     run = out / "models" / model / "pretrain"
@@ -273,7 +258,7 @@ def run_model(
         "curve": [{"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows],
         "fff_usage": fff_usage(mlm.cpu(), shards),
     }  # fmt: skip
-    atomic_write_text(out / "models" / model / "result.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "models" / model / "result.json", result)
     return result
 
 
@@ -294,7 +279,7 @@ def run_study(
     the embedded Wikipedia sample and GLUE slices. ``settings`` are further ``StudySettings``
     fields. ``after_model`` is called after each finished model (tests use it to kill a study).
     """
-    from ultracram.report.study_report import ModelResult, write_report
+    from ultracram.report.study_report import ModelResult, write_report  # matplotlib: only when reporting
 
     for m in models:
         get_preset(m)  # unknown presets fail before any work

@@ -4,12 +4,12 @@
 
 - one FFF layer (H=768) for each preset shape (1x11 and 128x4 by default) through each
   training implementation: ``masked`` (the reference UltraFastBERT trains with), ``gather``
-  (autograd through index gathers) and ``conditional`` (kernels/autograd.py, as the model
-  runs it: on CPU it falls back to masked for shallow trees); on CPU also its backends
-  forced, ``conditional/numba`` and ``conditional/torch``;
+  (autograd through index gathers) and ``conditional`` (kernels/autograd.py; ``auto`` picks
+  masked instead for very shallow trees on CPU, see ``ultracram.model.dispatch``); on CPU also
+  its backends forced, ``conditional/numba`` and ``conditional/torch``;
 - crammed-bert's GLU FFN (768 -> 3072 GLU -> 768) on the same tokens;
-- optionally a whole-model MLM training step (forward, loss, backward) of a shallow
-  ultrafastbert vs crammed-bert of the same width.
+- optionally a whole-model MLM training step (``engine.train_step``: forward, loss, backward,
+  clipping, AdamW) of a shallow ultrafastbert vs crammed-bert of the same width.
 
 Each conditional path's output and gradients are checked against the masked reference in
 the same run before it is timed. Times are the minimum over repeats (the machine may be
@@ -33,7 +33,12 @@ import torch.nn.functional as F
 from ultracram.config import IGNORE_INDEX, get_preset
 from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.kernels.autograd import fff_conditional
+from ultracram.model import build_model
 from ultracram.model.feedforward import FastFeedForward, GatedFeedForward
+from ultracram.train import engine
+from ultracram.train.engine import prepare, setup_fabric
+from ultracram.train.optim import build_optimizer
+from ultracram.train.pretrain_config import RECIPES
 
 
 def _time(step: Callable[[], None], repeats: int, device: torch.device) -> dict[str, float]:
@@ -124,9 +129,10 @@ def bench_layers(
 def bench_model_step(
     layers: int, batch: int, seq: int, repeats: int, device: torch.device
 ) -> list[dict[str, Any]]:
-    """MLM training step (forward, loss, backward) of shallow full-width models, tokens/s."""
-    from ultracram.model.build import build_model
-
+    """MLM training step of shallow full-width models, tokens/s: ``engine.train_step`` (forward,
+    loss, backward, clipping, AdamW), as ``ultracram pretrain`` takes it, per FFF path."""
+    fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
+    recipe = RECIPES["cramming"]
     gen = torch.Generator().manual_seed(0)
     rows = []
     cases = [("crammed-bert", None)] + [
@@ -135,17 +141,16 @@ def bench_model_step(
     for preset, path in cases:
         config = get_preset(preset, num_layers=layers)
         torch.manual_seed(0)
-        model = build_model(config, "mlm").to(device)
-        if path is not None:
-            for m in model.modules():
-                if isinstance(m, FastFeedForward):
-                    m.implementation = path
-        ids = torch.randint(5, config.vocab_size, (batch, seq), generator=gen).to(device)
-        labels = torch.where(torch.rand(batch, seq, generator=gen).to(device) < 0.15, ids, IGNORE_INDEX)
+        model = build_model(config, "mlm")
+        optimizer = build_optimizer(model, lr=recipe["lr"], betas=(recipe["beta1"], recipe["beta2"]),
+                                    eps=recipe["eps"], weight_decay=recipe["weight_decay"])  # fmt: skip
+        model, optimizer = prepare(fabric, model, optimizer, fff=path or "auto")
+        ids = torch.randint(5, config.vocab_size, (batch, seq), generator=gen)
+        labels = torch.where(torch.rand(batch, seq, generator=gen) < 0.15, ids, IGNORE_INDEX)
+        data = [{"input_ids": fabric.to_device(ids), "labels": fabric.to_device(labels)}]
 
-        def step(model=model, ids=ids, labels=labels):
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=labels).loss.backward()
+        def step(model=model, optimizer=optimizer, data=data):
+            engine.train_step(fabric, model, optimizer, data, grad_clip=recipe["grad_clip"])
 
         t = _time(step, repeats, device)
         rows.append({"preset": preset, "layers": layers, "path": path or "glu", **t,

@@ -20,6 +20,15 @@ from typing import Any
 import torch
 
 from ultracram.config import get_preset, preset_names
+from ultracram.data.mlm import mask_tokens
+from ultracram.data.tokenizer import SPECIAL_TOKENS
+from ultracram.kernels import TRAINABLE_FFF_IMPLEMENTATIONS
+from ultracram.model import build_model, flops_per_token, parameter_counts
+from ultracram.train import engine
+from ultracram.train.engine import precision_name, prepare, setup_fabric, synchronize
+from ultracram.train.metrics import peak_flops
+from ultracram.train.optim import build_optimizer
+from ultracram.train.pretrain_config import RECIPES
 
 FULL_PRESETS = ["bert-base", "crammed-bert", "ultrafastbert-1x11", "ultrafastbert-128x4", "fnet", "switch"]
 
@@ -48,17 +57,12 @@ def bench_train(
     from rich.console import Console
     from rich.table import Table
 
-    from ultracram.kernels import TRAINABLE_FFF_IMPLEMENTATIONS
-
     unknown = [p for p in fff_paths if p not in TRAINABLE_FFF_IMPLEMENTATIONS]
     if unknown:
         raise ValueError(f"unknown FFF training path(s) {unknown}; trainable: {', '.join(TRAINABLE_FFF_IMPLEMENTATIONS)}")
 
-    from ultracram.train.metrics import peak_flops
-    from ultracram.train.pretrain import PretrainConfig, setup
-
     names = presets or (tiny_presets() + (FULL_PRESETS if full else []))
-    fabric = setup(PretrainConfig(accelerator=device, devices="1", precision=precision))  # type: ignore[arg-type]
+    fabric = setup_fabric(device, 1, precision=precision)
     peak, peak_source = peak_flops(fabric.device)
     console = Console()
     results = []
@@ -75,7 +79,7 @@ def bench_train(
         "device": str(fabric.device),
         "device_name": torch.cuda.get_device_name(fabric.device) if fabric.device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "precision": getattr(fabric.strategy.precision, "precision", "?"),
+        "precision": precision_name(fabric),
         "peak_flops": peak,
         "peak_source": peak_source,
         "seq_len": seq_len,
@@ -132,60 +136,38 @@ def _add_ratios(results: list[dict[str, Any]]) -> None:
 
 def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: int, compile: bool,
                peak: float, fff_path: str | None = None) -> dict[str, Any]:  # fmt: skip
-    from ultracram.data.mlm import mask_tokens
-    from ultracram.data.tokenizer import SPECIAL_TOKENS
-    from ultracram.model import build_model, flops_per_token, parameter_counts
-    from ultracram.train.optim import build_optimizer
-    from ultracram.train.pretrain import _mlm_loss_terms, select_fff_implementation
-    from ultracram.train.pretrain_config import RECIPES
-
     config = get_preset(name, max_seq_len=max(seq_len, get_preset(name).max_seq_len))
     recipe = RECIPES["bert" if name.startswith("bert") else "cramming"]
     fabric.seed_everything(0, verbose=False)
     with fabric.init_module():
         model = build_model(config, "mlm")
-    select_fff_implementation(model, fff_path or "auto", fabric.device)
     params = parameter_counts(model)["total"]
     optimizer = build_optimizer(model, lr=recipe["lr"], betas=(recipe["beta1"], recipe["beta2"]),
                                 eps=recipe["eps"], weight_decay=recipe["weight_decay"])  # fmt: skip
-    if compile:
-        model = torch.compile(model)
-    model, optimizer = fabric.setup(model, optimizer)
+    model, optimizer = prepare(fabric, model, optimizer, fff=fff_path or "auto", compile=compile)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(len(SPECIAL_TOKENS), config.vocab_size, (batch, seq_len), generator=g)
     masked, labels = mask_tokens(ids, config.mask_rate, mask_token_id=SPECIAL_TOKENS.index("[MASK]"),
                                  vocab_size=config.vocab_size, special_ids=list(range(len(SPECIAL_TOKENS))),
                                  generator=g)  # fmt: skip
-    data = {"input_ids": fabric.to_device(masked), "labels": fabric.to_device(labels)}
+    data = [{"input_ids": fabric.to_device(masked), "labels": fabric.to_device(labels)}]
 
-    def step() -> None:
-        total, count, aux = _mlm_loss_terms(model, data)
-        loss = total / count.clamp_min(1)
-        if aux is not None:
-            loss = loss + aux
-        fabric.backward(loss)
-        fabric.clip_gradients(model, optimizer, max_norm=recipe["grad_clip"], error_if_nonfinite=False)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step() -> None:  # the step ultracram pretrain takes (engine.train_step), one micro batch
+        engine.train_step(fabric, model, optimizer, data, grad_clip=recipe["grad_clip"], lr=recipe["lr"])
 
     for _ in range(warmup):
         step()
-    _sync(fabric.device)
+    synchronize(fabric.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(fabric.device)
+    synchronize(fabric.device)
     seconds = (time.perf_counter() - t0) / steps
     tokens_per_s = batch * seq_len / seconds
     flops = 3 * flops_per_token(config, seq_len)["total"] * tokens_per_s
     return {"preset": name, "fff_path": fff_path, "parameters": params, "batch_size": batch, "steps": steps,
             "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "flops_per_s": flops,
             "mfu": flops / peak if peak else float("nan")}  # fmt: skip
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 __all__ = ["FULL_PRESETS", "bench_train", "tiny_presets"]

@@ -23,12 +23,10 @@ so a killed run resumes after its last complete shard and never counts a half-wr
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import io
 import itertools
 import json
-import lzma
+import multiprocessing
 import os
 import re
 import sys
@@ -37,174 +35,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from ultracram.errors import UltracramError
-from ultracram.fileio import atomic_write_bytes
+from ultracram.data.text import MAX_DOC_CHARS, SourceState, find_text_files, iter_file_documents
+from ultracram.data.tokenizer import load_tokenizer
+from ultracram.errors import DataError
+from ultracram.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from ultracram.progress import ProgressDisplay
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FORMAT_VERSION = 1
-COMPRESSED = (".xz", ".gz", ".zst")
-TEXT_SUFFIXES = (".txt", ".text", ".raw")
-MAX_DOC_CHARS = 1 << 20
-"""A blank-line block longer than this is split at line ends, so memory stays bounded even for a
-file with no blank lines at all."""
-
-
+file_sha256 = sha256_file
+"""The old name of ``ultracram.fileio.sha256_file``."""
 SORT_BUFFER_TOKENS = 1 << 24
 """The length-sorting buffer is also flushed at this many tokens (64 MiB as uint32), so its memory
 stays bounded whatever the document sizes."""
-
-
-class DataError(UltracramError, ValueError):
-    """Bad pretraining data: the message names the file (and line / byte offset) and the problem."""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading: files -> documents
-# --------------------------------------------------------------------------------------------
-
-
-def find_text_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand ``inputs`` (files or directories, searched recursively) into a sorted file list.
-
-    In directories only ``*.txt``/``*.text``/``*.raw`` files, optionally compressed with
-    .xz/.gz/.zst, are taken; files named explicitly are taken whatever their suffix.
-    """
-    if not inputs:
-        raise DataError("no input given; expected text files or directories")
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _is_text_name(f.name))
-            if not found:
-                raise DataError(
-                    f"{p}: directory has no text files; expected *.txt (or .text/.raw), optionally "
-                    "compressed as .xz/.gz/.zst"
-                )
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or directory")
-    return files
-
-
-def _is_text_name(name: str) -> bool:
-    name = name.lower()
-    for c in COMPRESSED:
-        if name.endswith(c):
-            name = name[: -len(c)]
-            break
-    return name.endswith(TEXT_SUFFIXES)
-
-
-class _CountingReader(io.RawIOBase):
-    """Wraps a raw file: feeds sha256 of the stored bytes and counts them (for progress)."""
-
-    def __init__(self, raw: io.BufferedReader):
-        self.raw, self.sha, self.pos = raw, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self.raw.readinto(b)
-        if n:
-            self.sha.update(memoryview(b)[:n])
-            self.pos += n
-        return n
-
-
-def _open_binary(path: Path, counter: _CountingReader) -> io.BufferedIOBase:
-    """A decompressed binary stream of ``path`` (by suffix: .xz, .gz, .zst, else plain)."""
-    buffered = io.BufferedReader(counter, buffer_size=1 << 20)
-    name = path.name.lower()
-    if name.endswith(".xz"):
-        return io.BufferedReader(lzma.LZMAFile(buffered), buffer_size=1 << 20)
-    if name.endswith(".gz"):
-        return io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=1 << 20)
-    if name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered), buffer_size=1 << 20)
-    return buffered
-
-
-@dataclasses.dataclass
-class SourceState:
-    """What the reader learnt about one input file (``pos``: stored bytes read so far)."""
-
-    path: str
-    bytes: int
-    sha256: str | None = None
-    documents: int = 0
-    pos: int = 0
-
-
-def iter_file_documents(path: str | Path, source: SourceState | None = None) -> Iterator[str]:
-    """Documents of one file: blank-line separated blocks (split at ``MAX_DOC_CHARS``).
-
-    ``source``, when given, is updated as the file is read (bytes read, documents, and the
-    sha256 of the stored file at the end). Raises DataError naming the file, line and byte offset
-    for non-UTF-8 bytes, and for a file that holds no text at all.
-    """
-    path = Path(path)
-    with open(path, "rb") as raw:
-        counter = _CountingReader(raw)
-        stream = _open_binary(path, counter)
-        lines: list[str] = []
-        size = 0
-        offset = 0  # byte offset in the decompressed text
-        seen_text = False
-        for number, line in enumerate(_lines(stream, path), start=1):
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}: line {number}, byte offset {offset + e.start} (of the decompressed text): "
-                    f"not valid UTF-8 ({e.reason}, byte 0x{line[e.start]:02x}); expected UTF-8 text"
-                ) from None
-            offset += len(line)
-            text = text.rstrip("\r\n")
-            if text.strip():
-                seen_text = True
-                lines.append(text)
-                size += len(text) + 1
-                if size < MAX_DOC_CHARS:
-                    continue
-            if lines:
-                if source is not None:
-                    source.pos = counter.pos
-                    source.documents += 1
-                yield "\n".join(lines)
-                lines, size = [], 0
-        if lines:
-            if source is not None:
-                source.documents += 1
-            yield "\n".join(lines)
-        if source is not None:
-            for block in iter(lambda: raw.read(1 << 20), b""):  # bytes the decompressor left unread
-                counter.sha.update(block)
-                counter.pos += len(block)
-            source.pos = counter.pos
-            source.sha256 = counter.sha.hexdigest()
-    if not seen_text:
-        raise DataError(f"{path}: the file is empty (no text); expected UTF-8 text with documents "
-                        "separated by blank lines")  # fmt: skip
-
-
-def _lines(stream: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
-    try:
-        yield from stream
-    except (lzma.LZMAError, EOFError, OSError) as e:
-        raise DataError(f"{path}: cannot decompress: {e}") from e
-    except Exception as e:  # zstandard raises its own ZstdError
-        if type(e).__name__ == "ZstdError":
-            raise DataError(f"{path}: cannot decompress: {e}") from e
-        raise
 
 
 def normalized_hash(text: str) -> int:
@@ -252,8 +98,6 @@ def _init_worker(tokenizer_json: str) -> None:
     # One tokenizer per process; rayon threads off so N processes use N cores, not N^2 threads.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _WORKER_TOKENIZER
-    from tokenizers import Tokenizer
-
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
 
 
@@ -340,14 +184,6 @@ class _Packer:
 # --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
     atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
@@ -390,10 +226,6 @@ def prepare_corpus(
     threads). With ``resume`` (default), a killed run with the same settings continues after its
     last complete shard; otherwise (or when the settings differ) it starts over.
     """
-    from tokenizers import Tokenizer
-
-    from ultracram.data.tokenizer import load_tokenizer
-
     if seq_len < 3:
         raise DataError(f"seq_len must be at least 3 ([CLS] token [SEP]), got {seq_len}")
     out_dir = Path(out_dir)
@@ -416,7 +248,7 @@ def prepare_corpus(
     dtype = _vocab_dtype(vocab_size)
     files = find_text_files(inputs)
     tok_json = tok_path.read_text(encoding="utf-8")
-    tok_sha = hashlib.sha256(tok_json.encode("utf-8")).hexdigest()
+    tok_sha = sha256_bytes(tok_json.encode("utf-8"))
     workers = (os.cpu_count() or 1) if workers is None else workers
 
     settings = {
@@ -439,7 +271,7 @@ def prepare_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _resume_state(out_dir, settings) if resume else None
     _clean_dir(out_dir, keep={s["file"] for s in state["shards"]} if state else set())
-    (out_dir / TOKENIZER).write_text(tok_json, encoding="utf-8")
+    atomic_write_text(out_dir / TOKENIZER, tok_json)
 
     shards: list[dict] = state["shards"] if state else []
     counts: dict[str, int] = dict(state["counts"]) if state else {}
@@ -500,9 +332,9 @@ def prepare_corpus(
     pool = None
     try:
         if workers > 0:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tok_json,))
+            pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=(tok_json,)
+            )
         else:
             _init_worker(tok_json)
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -582,7 +414,7 @@ def _flush_shard(out_dir: Path, packer: _Packer, index: int, shards: list[dict],
     name = f"shard_{index:05d}.bin"
     data = rows.tobytes()
     atomic_write_bytes(out_dir / name, data)
-    shards.append({"file": name, "sequences": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
+    shards.append({"file": name, "sequences": len(rows), "sha256": sha256_bytes(data)})
     counts["sequences"] += len(rows)
     return index + 1
 
@@ -602,7 +434,7 @@ def _resume_state(out_dir: Path, settings: dict) -> dict | None:
         return None
     for s in old.get("shards", []):
         f = out_dir / s["file"]
-        if not f.is_file() or file_sha256(f) != s["sha256"]:
+        if not f.is_file() or sha256_file(f) != s["sha256"]:
             return None
     return old
 
@@ -706,8 +538,6 @@ class TokenShards:
 
     def tokenizer(self):
         """The ``tokenizers.Tokenizer`` the shards were made with."""
-        from ultracram.data.tokenizer import load_tokenizer
-
         return load_tokenizer(self.tokenizer_path)
 
     def __repr__(self) -> str:
@@ -715,8 +545,10 @@ class TokenShards:
 
 
 __all__ = [
+    "MAX_DOC_CHARS",
     "DataError",
     "HashSet",
+    "SourceState",
     "TokenShards",
     "find_text_files",
     "iter_file_documents",

@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ultracram.data.corpus import DataError
+from ultracram.errors import DataError
 from ultracram.fileio import atomic_write, atomic_write_text
 
 _BLANK_LINES = re.compile(r"\n\s*\n+")
@@ -57,7 +57,9 @@ def export_hf_dataset(
 
         ds = load_dataset(name, config, split=split, streaming=True, data_files=data_files)
     except Exception as e:  # datasets raises many types (network, missing config, bad files)
-        raise DataError(f"cannot load Hugging Face dataset {name!r} (config {config!r}, split {split!r}): {e}") from e
+        raise DataError(
+            f"cannot load Hugging Face dataset {name!r} (config {config!r}, split {split!r}): {e}"
+        ) from e
     path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"documents": 0, "characters": 0}
 
@@ -76,7 +78,9 @@ def export_hf_dataset(
                 if max_documents is not None and counts["documents"] >= max_documents:
                     break
         if counts["documents"] == 0:  # raised before the rename: no empty corpus file is left
-            raise DataError(f"Hugging Face dataset {name!r} (split {split!r}) has no non-empty {column!r} text")
+            raise DataError(
+                f"Hugging Face dataset {name!r} (split {split!r}) has no non-empty {column!r} text"
+            )
 
     atomic_write(path, write, "wb")
     atomic_write_text(meta_path, json.dumps({"source": ident, **counts}, indent=2) + "\n")

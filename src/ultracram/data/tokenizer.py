@@ -7,6 +7,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ultracram.data.text import find_text_files, iter_file_documents
+from ultracram.errors import DataError
+from ultracram.fileio import atomic_write_path
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in this order
 
 
@@ -90,13 +94,11 @@ def train_tokenizer_files(
     show_progress: bool = False,
 ) -> Path:
     """Train on text files or directories (plain, .xz, .gz, .zst), streamed document by document
-    (``ultracram.data.corpus.iter_file_documents``), and save ``out_dir/tokenizer.json``.
+    (``ultracram.data.text.iter_file_documents``), and save ``out_dir/tokenizer.json``.
 
     ``max_documents`` stops after that many documents (a quick tokenizer from a corpus prefix).
     Returns the path of the saved file.
     """
-    from ultracram.data.corpus import DataError, find_text_files, iter_file_documents
-
     if vocab_size <= len(SPECIAL_TOKENS):
         raise DataError(
             f"vocab_size must exceed {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}"
@@ -118,14 +120,21 @@ def train_tokenizer_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tokenizer.json"
-    tok.save(str(path))
+    save_tokenizer(tok, path)
+    return path
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
+    """Write ``tokenizer`` to ``path`` atomically (a kill leaves the old file or the new one,
+    never an empty or partial ``tokenizer.json``). Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_path(path, lambda tmp: tokenizer.save(str(tmp)))
     return path
 
 
 def check_vocab_size(tokenizer: Tokenizer, vocab_size: int, where: str = "model config") -> None:
     """Raise a DataError when ``tokenizer`` does not fit a model with ``vocab_size`` embeddings."""
-    from ultracram.data.corpus import DataError
-
     n = tokenizer.get_vocab_size()
     if n > vocab_size:
         raise DataError(f"{where}: vocab_size {vocab_size} is smaller than the tokenizer's vocabulary ({n}); "

@@ -41,6 +41,7 @@ from torch import nn
 
 from ultracram.config import IGNORE_INDEX, masked_token_count
 from ultracram.doctor.setup import Batch, TrainingSetup
+from ultracram.fileio import atomic_write_text
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 FP16_MAX = 65504.0
@@ -752,7 +753,7 @@ def run_preflight(
     payload = {"setup": {"preset": setup.config.name, "model": setup.config.to_dict(), "lr": setup.lr,
                          "seed": setup.seed, "description": setup.description},
                "results": [asdict(r) for r in results]}  # fmt: skip
-    (out / "doctor.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    atomic_write_text(out / "doctor.json", json.dumps(_jsonable(payload), indent=2) + "\n")
     return results
 
 

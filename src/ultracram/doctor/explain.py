@@ -19,6 +19,7 @@ import torch
 
 from ultracram.doctor.monitors import fff_usage
 from ultracram.errors import UltracramError
+from ultracram.fileio import atomic_write_text
 from ultracram.kernels import fff_paths
 
 
@@ -169,8 +170,8 @@ def explain_fff(
                "| --- | --- | --- |"]  # fmt: skip
         md += [f"| `{tokens[t]}` | {turns(p[t, 0])} | {leaves[t][0]} |" for t in range(T)]
         md += ["", *[f"![{f}]({f})" for f in files], ""]
-    (out / "explain.md").write_text("\n".join(md) + "\n")
-    (out / "explain.json").write_text(json.dumps(report) + "\n")
+    atomic_write_text(out / "explain.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "explain.json", json.dumps(report) + "\n")
     console = console or Console()
     for name, layer in report["layers"].items():
         u = layer["usage"]

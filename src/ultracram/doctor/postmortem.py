@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ultracram.errors import UltracramError
+from ultracram.fileio import atomic_write_text
 
 # Canonical name -> accepted spellings (first match wins). The canonical names are the ones
 # ultracram.train.metrics writes.
@@ -308,11 +309,11 @@ def run_postmortem(run_dir: str | Path, out_dir: str | Path | None = None, conso
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(metrics, out)
     md = _markdown(pm, run, figures)
-    (out / "postmortem.md").write_text(md)
-    (out / "postmortem.html").write_text(_html(md, pm, figures))
+    atomic_write_text(out / "postmortem.md", md)
+    atomic_write_text(out / "postmortem.html", _html(md, pm, figures))
     pm.files = {**figures, "markdown": str(out / "postmortem.md"), "html": str(out / "postmortem.html")}
     stats = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in pm.stats.items()}
-    (out / "postmortem.json").write_text(json.dumps({**asdict(pm), "stats": stats}, indent=2) + "\n")
+    atomic_write_text(out / "postmortem.json", json.dumps({**asdict(pm), "stats": stats}, indent=2) + "\n")
     console = console or Console()
     colour = "green" if pm.verdict == "healthy" else "red"
     console.print(f"[bold {colour}]{pm.verdict}[/]: {pm.summary}")

@@ -2,7 +2,10 @@
 
 A preflight check never reaches into a training script; it calls these parts. Tests plant a bug
 by replacing one part (``dataclasses.replace(setup, loss_fn=buggy)``) and assert that the right
-check fails. ``default_setup`` builds the parts ultracram's own pretraining uses.
+check fails. ``default_setup`` builds the parts ultracram's own pretraining uses: the recipe's
+optimizer (``train.optim.build_optimizer`` with its parameter groups, betas, eps and weight
+decay), the recipe's gradient clipping, and the engine's ``train_step``, the very step
+``ultracram pretrain`` takes (a test checks that both give the same weights).
 
 Shapes: B batch, T sequence, V vocabulary, k masked positions.
 """
@@ -22,6 +25,9 @@ from torch import nn
 
 from ultracram.config import IGNORE_INDEX, ModelConfig, get_preset
 from ultracram.errors import UltracramError
+from ultracram.train import engine
+from ultracram.train.optim import build_optimizer
+from ultracram.train.pretrain_config import RECIPES, PretrainConfig, resolve_recipe
 
 
 class DoctorError(UltracramError, ValueError):
@@ -87,22 +93,25 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
 
-def adamw(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """cramming's optimizer: AdamW, betas (0.9, 0.98), eps 1e-12, weight decay 0.01."""
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01)
+def recipe_optimizer(recipe: str) -> OptimizerFactory:
+    """The pretraining recipe's optimizer (``train.pretrain_config.RECIPES``) as a factory:
+    AdamW over ``parameter_groups`` (no decay on norms, biases, scalars)."""
+    r = RECIPES[recipe]
+
+    def factory(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return build_optimizer(params, lr=lr, betas=(r["beta1"], r["beta2"]), eps=r["eps"],
+                               weight_decay=r["weight_decay"])  # fmt: skip
+
+    return factory
 
 
 def standard_train_step(
     setup: TrainingSetup, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch
 ) -> float:
-    """zero_grad, forward, loss, backward, clip to 0.5 (cramming), step. Returns the loss."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = setup.compute_loss(model, batch)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-    optimizer.step()
-    return float(loss.detach())
+    """The engine's ``train_step`` (zero_grad, forward, loss, backward, the recipe's clipping,
+    step unless non-finite) on one micro batch, with the setup's loss. Returns the loss."""
+    return engine.train_step(setup.fabric, model, optimizer, [batch], grad_clip=setup.grad_clip,
+                             loss_fn=setup.loss_terms).loss  # fmt: skip
 
 
 @dataclass
@@ -116,10 +125,15 @@ class TrainingSetup:
     model_factory: ModelFactory = field(default=lambda config: _build_mlm(config))
     forward_fn: ForwardFn = mlm_forward
     loss_fn: LossFn = mlm_loss
-    optimizer_factory: OptimizerFactory = adamw
+    optimizer_factory: OptimizerFactory = field(default_factory=lambda: recipe_optimizer("cramming"))
     train_step: TrainStep = standard_train_step
     lr: float = 1e-3
     """Peak learning rate the run will use."""
+    grad_clip: float | None = 0.5
+    """Gradient clipping of the recipe (None: none)."""
+    recipe: str = "cramming"
+    fabric: Any = field(default_factory=lambda: engine.setup_fabric("cpu", 1, precision="32-true"))
+    """The engine's Fabric the steps run on (one CPU process, fp32)."""
     seed: int = 0
     data_sample_fn: Callable[[str], list[list[int]]] | None = None
     """split ("train" / "validation") -> a sample of token-id sequences, for the data checks."""
@@ -139,6 +153,11 @@ class TrainingSetup:
     def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits, labels = self.forward_fn(model, batch)
         return self.loss_fn(logits, labels)
+
+    def loss_terms(self, model: nn.Module, batch: Batch) -> engine.LossTerms:
+        """``compute_loss`` as the engine takes it: the mean and the labelled count it is over."""
+        logits, labels = self.forward_fn(model, batch)
+        return engine.LossTerms(self.loss_fn(logits, labels), (labels != IGNORE_INDEX).sum())
 
     def replace(self, **changes: Any) -> TrainingSetup:
         return dataclasses.replace(self, **changes)
@@ -257,12 +276,16 @@ def default_setup(
     data: str | Path | None = None,
     tokenizer: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
+    recipe: str = "auto",
     batch_size: int = 8,
     seq_len: int = 64,
     seed: int = 0,
 ) -> TrainingSetup:
     """The setup ultracram's pretraining uses, on ``data`` or on the embedded sample.
+
+    ``recipe`` (``auto``: by preset, as ``ultracram pretrain`` picks it) gives the optimizer,
+    the clipping and, unless ``lr`` is given, the peak learning rate.
 
     Without ``data``, a WordPiece tokenizer sized to the preset's vocabulary is trained on the
     embedded Wikipedia sample (a few seconds); if the sample cannot fill that vocabulary, the
@@ -272,6 +295,8 @@ def default_setup(
     """
     overrides = dict(overrides or {})
     config = get_preset(preset, **overrides)
+    recipe = resolve_recipe(PretrainConfig(preset=preset, recipe=recipe)).recipe  # type: ignore[arg-type]
+    lr = RECIPES[recipe]["lr"] if lr is None else lr
     seq_len = min(seq_len, config.max_seq_len)
     if data is None:
         from ultracram.data.sample import read_sample_paragraphs
@@ -302,7 +327,10 @@ def default_setup(
         tokenizer=info,
         raw_batch_fn=rows_batch_fn(train_rows, info, batch_size=batch_size, seq_len=seq_len, seed=seed),
         mask_fn=standard_mask_fn(config, info),
+        optimizer_factory=recipe_optimizer(recipe),
         lr=lr,
+        grad_clip=RECIPES[recipe]["grad_clip"],
+        recipe=recipe,
         seed=seed,
         data_sample_fn=lambda split: samples[split][:4000],
         description=description,

@@ -17,16 +17,16 @@ import`` restores it exactly. The tokenizer is written as ``tokenizer.json`` plu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from ultracram.checkpoint import TOKENIZER_NAME, load_checkpoint, read_checkpoint_config, unique_state_dict
+from ultracram.fileio import atomic_replace_dir
 from ultracram.interop.hf_bert import bert_problems, hf_bert_config, hf_state_dict_from_bert
 from ultracram.interop.weights import ConversionError
 
@@ -52,8 +52,6 @@ def _remote_config(config_dict: dict[str, Any], task: str, num_labels: int) -> d
 
 
 def _write_tokenizer(tokenizer: Path, out: Path, max_len: int) -> None:
-    from tokenizers import Tokenizer
-
     shutil.copyfile(tokenizer, out / "tokenizer.json")
     vocab = Tokenizer.from_file(str(tokenizer)).get_vocab()
     special = {k: v for k, v in _SPECIAL.items() if v in vocab}
@@ -65,7 +63,8 @@ def _write_tokenizer(tokenizer: Path, out: Path, max_len: int) -> None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf") -> Path:
     """Write the ultracram checkpoint ``checkpoint`` as a Hugging Face model directory ``out``.
 
-    Returns ``out``. The directory is written to a temporary sibling and renamed into place.
+    Returns ``out``. The directory is written to a temporary sibling and swapped into place
+    (``ultracram.fileio.atomic_replace_dir``).
     """
     if format != "hf":
         raise ConversionError(f"unknown export format {format!r}; known: hf")
@@ -75,9 +74,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
     config, task = model.config, meta["task"]
     num_labels = int(meta.get("num_labels") or 0)
     state = unique_state_dict(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         native = not bert_problems(config, task)
         if native:
             hf_cfg = hf_bert_config(config, task, num_labels)
@@ -100,14 +98,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
             _write_tokenizer(
                 checkpoint / meta["tokenizer"].get("file", TOKENIZER_NAME), tmp, config.max_seq_len
             )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return atomic_replace_dir(out, build)

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import BertWordPieceTokenizer
 
 from ultracram.checkpoint import CheckpointError, load_weights, save_checkpoint, unique_state_dict
 from ultracram.config import ConfigError, ModelConfig
+from ultracram.interop.cramming import config_from_cramming, state_dict_from_cramming
+from ultracram.interop.hf_bert import config_from_hf_bert, hf_state_dict_from_bert, state_dict_from_hf_bert
 from ultracram.interop.weights import ConversionError, load_foreign_state
 from ultracram.model import build_model
 
@@ -80,12 +83,6 @@ def _num_labels(cfg: dict[str, Any]) -> int:
 
 
 def _from_hf_bert(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    from ultracram.interop.hf_bert import (
-        config_from_hf_bert,
-        hf_state_dict_from_bert,
-        state_dict_from_hf_bert,
-    )
-
     archs = cfg.get("architectures") or ["BertForMaskedLM"]
     task = "classification" if "BertForSequenceClassification" in archs else "mlm"
     num_labels = _num_labels(cfg)
@@ -108,8 +105,6 @@ def _from_hf_bert(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: s
 
 
 def _from_cramming(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    from ultracram.interop.cramming import config_from_cramming, state_dict_from_cramming
-
     arch = cfg["arch"]
     if not any(k.startswith("encoder.") for k in state) and any(k.startswith("embedding.") for k in state):
         state = {f"encoder.{k}": v for k, v in state.items()}  # a bare ScriptableLM (AutoModel) state dict
@@ -149,8 +144,6 @@ def _tokenizer_file(directory: Path, tmp: Path) -> Path | None:
     vocab = directory / "vocab.txt"
     if not vocab.is_file():
         return None
-    from tokenizers import BertWordPieceTokenizer
-
     lowercase = True
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():

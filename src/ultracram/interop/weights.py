@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ultracram.errors import UltracramError
 
@@ -84,9 +86,6 @@ def check_safetensors(path: Path) -> None:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     check_safetensors(path)
     try:
         return load_file(str(path))

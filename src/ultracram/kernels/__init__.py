@@ -3,10 +3,11 @@
 ``fn(x (T, H), w_in (K*N, H), b_in (K*N,), w_out (H, K*N), depth, trees, activation) -> (T, H)``.
 
 ``FFF_IMPLEMENTATIONS`` is the one table that maps a name to an implementation; the model's
-``FastFeedForward`` looks its ``implementation`` up here.
+``FastFeedForward`` looks its ``implementation`` up here. Which one a model uses is chosen in
+``ultracram.model.dispatch``, nowhere else.
 """
 
-from ultracram.kernels.autograd import default_training_implementation, fff_conditional
+from ultracram.kernels.autograd import fff_conditional
 from ultracram.kernels.cpu import fff_cpu
 from ultracram.kernels.reference import fff_gather, fff_masked, fff_nodes, fff_paths
 from ultracram.kernels.triton_infer import fff_triton
@@ -24,7 +25,6 @@ TRAINABLE_FFF_IMPLEMENTATIONS = ("masked", "gather", "conditional")
 __all__ = [
     "FFF_IMPLEMENTATIONS",
     "TRAINABLE_FFF_IMPLEMENTATIONS",
-    "default_training_implementation",
     "fff_conditional",
     "fff_cpu",
     "fff_gather",

@@ -38,15 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ultracram.kernels.reference import Activation, fff_masked, fff_nodes
-
-# On CPU the per-token walk reads one weight row per visit from memory while the masked
-# reference's BLAS products reuse each row over many tokens, so very shallow trees favour the
-# masked reference. Numba kernels vs masked, forward+backward at 2,048 tokens, H=768, quiet
-# 2-core machine (docs/fff-training.md), by nodes per visited node: 1x11 (341) 26x, 16x7 (32)
-# 7.6x, 128x4 (6.2) 1.7x, 128x3 (3.75) 1.1x, 256x2 (2.3) 0.74x, 512x1 (1.5) 0.49x.
-# Below this ratio "conditional" on CPU runs the masked reference.
-CPU_MIN_NODES_PER_VISIT = 3.5
+from ultracram.kernels.reference import Activation, fff_nodes
 
 
 # --------------------------------------------------------------------------- numba (CPU)
@@ -327,29 +319,8 @@ def fff_conditional(
 ) -> torch.Tensor:  # fmt: skip
     """FFF layer, forward and backward over visited nodes only. x (T, H) -> (T, H).
 
-    ``backend``: ``None`` picks Triton on CUDA, numba on CPU, else torch. With ``None`` on CPU,
-    shallow trees (fewer than ``CPU_MIN_NODES_PER_VISIT`` nodes per visited node, e.g. 128x4)
-    run the masked reference instead: its BLAS products beat walking 100s of visits per token.
+    ``backend``: ``None`` picks Triton on CUDA, numba on CPU, else torch. This always runs the
+    conditional kernels; whether a shallow tree on CPU is better off on the masked reference is
+    decided by ``ultracram.model.dispatch`` (``auto``), never here.
     """
-    if (
-        backend is None
-        and x.device.type == "cpu"
-        and fff_nodes(depth) < CPU_MIN_NODES_PER_VISIT * (depth + 1)
-    ):
-        return fff_masked(x, w_in, b_in, w_out, depth, trees, activation)
     return FFFConditional.apply(x, w_in, b_in, w_out, depth, trees, activation, backend)
-
-
-def default_training_implementation(device: torch.device | str) -> str:
-    """The ``FFF_IMPLEMENTATIONS`` name the pretraining engine should use on ``device``.
-
-    CUDA: ``conditional`` (its Triton kernels) when Triton imports, else ``gather``.
-    CPU: ``conditional`` (numba kernels), measured fastest forward+backward on CPU
-    (docs/fff-training.md); ``gather`` if numba is missing. Other devices: ``gather``.
-    """
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return "conditional" if triton_available() else "gather"
-    if kind == "cpu":
-        return "conditional" if numba_available() else "gather"
-    return "gather"

@@ -1,6 +1,8 @@
 """Task models: an encoder plus a head. Every head has the same contract as in Hugging Face:
 labels in, loss out; the loss includes the encoder's weighted auxiliary losses (Switch load
-balance, soft-FFF hardening)."""
+balance, soft-FFF hardening). Besides ``loss``, a head reports the task loss alone and the number
+of items it averaged over (``task_loss``, ``count``), so a training step can weight micro
+batches and ranks by their item counts without computing the loss a second time."""
 
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ class ModelOutput:
     positions, their labels in ``labels``), (B, C) for classification, (B,) for regression."""
 
     logits: torch.Tensor
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # task_loss + aux_loss: what a plain loop backpropagates
     labels: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None  # weighted, already in loss (Encoder.aux_loss)
+    task_loss: torch.Tensor | None = None  # () fp32: mean of the task loss over `count` items
+    count: torch.Tensor | None = None  # () int64: labelled items (masked tokens, examples)
 
 
 def sparse_mlm_loss(
@@ -101,11 +105,12 @@ class EncoderForMaskedLM(nn.Module):
         if self.config.sparse_prediction:
             hidden, labels = sparse_mlm_loss(hidden, labels, self.config.mask_rate)  # (k, H), (k,)
         logits = self.mlm_head(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)  # fmt: skip
-        if aux is not None:
-            loss = loss + aux
-        return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux)
+        flat = labels.reshape(-1)
+        task_loss = F.cross_entropy(logits.reshape(flat.numel(), -1).float(), flat, ignore_index=IGNORE_INDEX)
+        count = (flat != IGNORE_INDEX).sum()
+        loss = task_loss if aux is None else task_loss + aux
+        return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux, task_loss=task_loss,
+                           count=count)  # fmt: skip
 
 
 class Pooler(nn.Module):
@@ -154,12 +159,13 @@ class EncoderForSequenceClassification(nn.Module):
         logits = self.classifier(self.dropout(self.pooler(hidden, attention_mask)))  # (B, C)
         if self.num_labels == 1:
             logits = logits.squeeze(-1)  # (B,)
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.long())
-            if aux is not None:
-                loss = loss + aux
-        return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux)
+        if labels is None:
+            return ModelOutput(logits=logits, aux_loss=aux)
+        if self.num_labels == 1:
+            task_loss = F.mse_loss(logits.float(), labels.float())
+        else:
+            task_loss = F.cross_entropy(logits.float(), labels.long())
+        count = torch.tensor(labels.shape[0], device=labels.device)
+        loss = task_loss if aux is None else task_loss + aux
+        return ModelOutput(logits=logits, loss=loss, labels=labels, aux_loss=aux, task_loss=task_loss,
+                           count=count)  # fmt: skip

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
+from ultracram.fileio import atomic_write_text
+
 
 @dataclass
 class ModelResult:
@@ -130,9 +132,17 @@ def write_report(out_dir: str | Path, results: list[ModelResult], meta: dict[str
     md += ["| " + " | ".join(r) + " |" for r in rows]
     for key, path in figs.items():
         md += ["", f"![{key}](figures/{path.name})", "", f"*{_CAPTIONS[key]}*"]
-    md += ["", "## Configuration, versions and hardware", "", "```json", json.dumps(meta, indent=2), "```", ""]
+    md += [
+        "",
+        "## Configuration, versions and hardware",
+        "",
+        "```json",
+        json.dumps(meta, indent=2),
+        "```",
+        "",
+    ]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md))
+    atomic_write_text(md_path, "\n".join(md))
 
     def cell(tag: str, v: str) -> str:
         return f"<{tag}>{html.escape(v)}</{tag}>"
@@ -152,5 +162,5 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}pre{{backgr
 {table}{images}<h2>Configuration, versions and hardware</h2><pre>{html.escape(json.dumps(meta, indent=2))}</pre>
 </body></html>"""
     html_path = out / "report.html"
-    html_path.write_text(page)
+    atomic_write_text(html_path, page)
     return md_path, html_path

@@ -9,19 +9,22 @@ warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler o
 lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
 decay with 10% warmup, weight decay 0.01, pooler as wide as the model.
 
-Each (checkpoint, task, seed) run lives in its own directory. Its training state (model,
-optimizer, scheduler, RNG, step) is saved atomically every ``checkpoint_every`` steps with
-``ultracram.train.state`` (safetensors + JSON, nothing unpickled); a
-rerun resumes from it and skips runs whose ``result.json`` exists. Batches depend only on
-(seed, epoch), so a resumed run sees exactly the batches the uninterrupted one would have.
+Each (checkpoint, task, seed) run lives in its own directory. Its training state (the
+engine's one layout: model, optimizer, progress, RNG) is saved atomically every
+``checkpoint_every`` steps; a rerun resumes from it and skips runs whose ``result.json``
+exists. Batches depend only on (seed, epoch), so a resumed run sees exactly the batches the
+uninterrupted one would have.
 
-The loop is plain PyTorch on one device (no Fabric): a fine-tuning run is small, and one
-function (``_autocast``) picks the precision: bf16 autocast on CUDA, fp32 on CPU.
+Training runs on the engine (``ultracram.train.engine``) like pretraining: Fabric decides the
+precision (bf16 autocast on CUDA cards with bf16, fp16 on older cards, fp32 on CPU) and the
+devices (``devices`` > 1: each step's batch is split across the ranks, DDP averages the
+gradients), ``train_step`` takes the step, and FFF layers train on the fastest trainable
+implementation (``auto``: the conditional kernels). Evaluation switches them to the
+inference kernels (``for_inference``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -52,13 +55,18 @@ from ultracram.data.glue import (
 )
 from ultracram.errors import UltracramError
 from ultracram.fileio import atomic_write_text
-from ultracram.train.state import (
-    capture_rng_state,
-    latest_state,
-    load_train_state,
-    restore_rng_state,
-    save_train_state,
+from ultracram.model import for_inference
+from ultracram.train import engine
+from ultracram.train.engine import (
+    precision_name,
+    prepare,
+    raw_module,
+    restore_state,
+    save_state,
+    setup_fabric,
 )
+from ultracram.train.optim import build_optimizer
+from ultracram.train.state import TrainStateError, latest_state
 
 Schedule = Literal["cosine", "linear", "constant"]
 
@@ -330,12 +338,10 @@ def subsample(split: GlueSplit, limit: int | None) -> GlueSplit:
 # --------------------------------------------------------------------------------------------
 
 
-def make_optimizer(model: nn.Module, s: FinetuneSettings) -> torch.optim.AdamW:
-    """AdamW; with weight decay, biases and LayerNorm weights (1-D tensors) are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps)
+def make_optimizer(model: nn.Module, s: FinetuneSettings) -> torch.optim.Optimizer:
+    """AdamW over pretraining's parameter groups (``train.optim.build_optimizer``): with weight
+    decay, biases, LayerNorm weights and scalars are not decayed."""
+    return build_optimizer(model, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, weight_decay=s.weight_decay)
 
 
 def lr_factor(step: int, total: int, s: FinetuneSettings) -> float:
@@ -349,54 +355,8 @@ def lr_factor(step: int, total: int, s: FinetuneSettings) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if s.schedule == "cosine" else max(0.0, 1 - progress)
 
 
-def _autocast(device: torch.device):
-    """The one place precision is chosen: bf16 autocast on CUDA, full fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _inference_mode(model: nn.Module) -> nn.Module:
-    """Eval mode with the fastest FFF path for the device (``ultracram.model.for_inference``);
-    the fast FFF kernels are inference-only, so this comes after training."""
-    from ultracram.model import for_inference
-
-    return for_inference(model)
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic, resumable state
-# --------------------------------------------------------------------------------------------
-
 STATE_DIR = "states"
 RESULT_NAME = "result.json"
-
-
-def save_state(directory: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
-    """Model, optimizer, scheduler, RNG and step, atomically and pickle-free
-    (``ultracram.train.state``); only the newest state is kept."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "step": step, "rng": capture_rng_state()}  # fmt: skip
-    save_train_state(directory, step, state, keep_last=1)
-
-
-def load_state(directory: Path, model: nn.Module, optimizer, scheduler) -> int:
-    """Restore the newest state ``save_state`` wrote; returns the step to continue from
-    (0 when there is none)."""
-    path = latest_state(directory)
-    if path is None:
-        return 0
-    state = load_train_state(path)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise FinetuneError(
-            f"{path}: cannot resume from this training state ({e}); delete it to restart"
-        ) from e
-    restore_rng_state(state["rng"])
-    return int(state["step"])
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -430,24 +390,33 @@ def finetune_run(
     run_dir: str | Path,
     *,
     device: str | torch.device = "cpu",
+    fabric=None,
+    fff: str = "auto",
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on ``train`` with ``seed`` and evaluate on ``devs``.
 
     Returns (and writes to ``run_dir/result.json``) the metrics per dev split, the training
     time and a digest of the final weights. An existing result is returned without training;
-    an existing training state is resumed. ``stop_after_steps`` (tests) stops the run after
-    that many optimizer steps in this call, as a kill would.
+    an existing training state is resumed. ``fabric``: the engine's Fabric (``run_glue`` makes
+    one for all runs); without it, one for ``device`` with the automatic precision. ``fff``: the
+    FFF implementation to train with (``auto``: the fastest trainable one). ``stop_after_steps``
+    (tests) stops the run after that many optimizer steps in this call, as a kill would.
     """
     from ultracram.data.tokenizer import load_tokenizer
 
-    run_dir, device = Path(run_dir), torch.device(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if fabric is None:
+        device = torch.device(device)
+        fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
+    run_dir = Path(run_dir)
     task = train.task
     ident = {"checkpoint": str(Path(checkpoint).resolve()), "task": task.name, "seed": seed,
              "settings": settings_dict(settings), "train_examples": len(train),
              "dev_examples": {d.split: len(d) for d in devs}}  # fmt: skip
-    _check_run_identity(run_dir, ident)
+    if fabric.global_rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_run_identity(run_dir, ident)
+    fabric.barrier()
     if (run_dir / RESULT_NAME).is_file():
         return json.loads((run_dir / RESULT_NAME).read_text())
 
@@ -459,7 +428,7 @@ def finetune_run(
         config_overrides={"dropout": s.dropout, "attention_dropout": s.attention_dropout,
                           "classifier_dropout": s.classifier_dropout, "pooler": s.pooler,
                           "pooler_size": s.pooler_size or meta["model"]["hidden_size"]},
-    ).to(device)  # fmt: skip
+    )  # fmt: skip
     config = model.config
     tokenizer = load_tokenizer(checkpoint)
     max_length = min(s.max_length, config.max_seq_len)
@@ -470,52 +439,56 @@ def finetune_run(
     lengths = [len(x) for x in train_enc.ids]
     steps_per_epoch = math.ceil(len(train_enc) / s.batch_size)
     total = max(1, math.ceil(s.epochs * steps_per_epoch))
-    optimizer = make_optimizer(model, s)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, total, s))
+    model, optimizer = prepare(fabric, model, make_optimizer(model, s), fff=fff)
 
     state_dir = run_dir / STATE_DIR
-    step = load_state(state_dir, model, optimizer, scheduler)
+    state = latest_state(state_dir)
+    step = 0
+    if state is not None:
+        try:
+            step = int(restore_state(fabric, state, model, optimizer)["step"])
+        except TrainStateError as e:
+            raise FinetuneError(str(e)) from e
     resumed_from = step
     start = time.perf_counter()
-    model.train()
     epoch_batches: tuple[int, list[list[int]]] = (-1, [])
     done_here = 0
+    rank, world = fabric.global_rank, fabric.world_size
     while step < total:
         epoch = step // steps_per_epoch
         if epoch_batches[0] != epoch:
             epoch_batches = (epoch, batch_order(lengths, s.batch_size, seed, epoch, s.length_grouping))
-        batch = collate(train_enc, epoch_batches[1][step % steps_per_epoch], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device):
-            out = model(batch["input_ids"], batch["attention_mask"],
-                        batch["token_type_ids"] if use_types else None, labels=batch["labels"])  # fmt: skip
-        if not torch.isfinite(out.loss):
-            raise FinetuneError(f"{task.display} seed {seed}: non-finite loss at step {step}; lower the lr "
-                                f"(now {s.lr}) or enable grad_clip")  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if s.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        # One micro batch per step; with several ranks each takes every world-th example.
+        mine = epoch_batches[1][step % steps_per_epoch][rank::world]
+        batch = {k: fabric.to_device(v) for k, v in collate(train_enc, mine, pad_id).items()}
+        if not use_types:
+            del batch["token_type_ids"]
+        result = engine.train_step(fabric, model, optimizer, [batch], grad_clip=s.grad_clip,
+                            lr=s.lr * lr_factor(step, total, s))  # fmt: skip
+        if not result.finite:
+            raise FinetuneError(f"{task.display} seed {seed}: non-finite loss or gradient at step {step} "
+                                f"(loss {result.loss:.4g}); lower the lr (now {s.lr}) or set grad_clip")  # fmt: skip
         step += 1
         done_here += 1
         if step % s.checkpoint_every == 0 or step == total:
-            save_state(state_dir, model, optimizer, scheduler, step)
+            save_state(fabric, state_dir, step, model, optimizer, {"step": step}, config=ident, keep_last=1)
         if stop_after_steps is not None and done_here >= stop_after_steps and step < total:
             raise _Interrupted(f"stopped after {done_here} steps at step {step}")
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    digest = weights_digest(model)
-    model = _inference_mode(model)
-    scores = {d.split: evaluate(model, d, tokenizer, max_length, s.eval_batch_size, device, use_types, pad_id)
-              for d in devs}  # fmt: skip
+    net = for_inference(raw_module(model))  # eval mode, FFF layers on the inference kernels
+    digest = weights_digest(net)
+    with fabric.autocast():
+        scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
+                                    pad_id) for d in devs}  # fmt: skip
     result = {**ident, "metrics": scores, "steps": total, "resumed_from_step": resumed_from,
               "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
-              "weights_sha256": digest}  # fmt: skip
-    atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(state_dir, ignore_errors=True)  # the result is final; the optimizer state is not needed
+              "weights_sha256": digest, "precision": precision_name(fabric), "devices": world}  # fmt: skip
+    if rank == 0:
+        atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+        shutil.rmtree(state_dir, ignore_errors=True)  # the result is final; the optimizer state is not needed
+    fabric.barrier()
     return result
 
 
@@ -548,10 +521,7 @@ def predict(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-        with _autocast(device):
-            logits = model(
-                b["input_ids"], b["attention_mask"], b["token_type_ids"] if use_types else None
-            ).logits
+        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"] if use_types else None).logits
         logits = logits.float().cpu()
         out[idx] = logits if logits.ndim == 1 else logits.argmax(-1)
     return out
@@ -637,12 +607,19 @@ def run_glue(
     overrides: dict[str, Any] | None = None,
     task_overrides: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
+    devices: int = 1,
+    precision: str = "auto",
+    fff: str = "auto",
     include_wnli: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fine-tune and evaluate every checkpoint on every task with ``seeds`` seeds; write
     ``out_dir/results.json`` and ``out_dir/results.md``. Reruns skip finished runs and resume
-    interrupted ones. Tasks without a train split are skipped with a note."""
+    interrupted ones. Tasks without a train split are skipped with a note.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:1``; default: CUDA if there is one), ``devices`` (ranks
+    that share each step's batch; DDP), ``precision`` (``auto`` or a Fabric precision) and
+    ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``)."""
     from ultracram.report.glue_table import glue_markdown
 
     if not checkpoints:
@@ -658,6 +635,13 @@ def run_glue(
     chosen = parse_tasks(tasks)
     settings = resolve_settings(chosen, protocol, overrides, task_overrides)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if devices < 1:
+        raise FinetuneError(f"devices must be >= 1, got {devices}")
+    fabric = setup_fabric(dev.type, [dev.index] if dev.index is not None and devices == 1 else devices,
+                          precision=precision)  # fmt: skip
+    fabric.launch()  # with several devices: one process per device (a no-op for one)
+    if fabric.global_rank != 0:
+        log = _silent
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -690,7 +674,8 @@ def run_glue(
     for n in notes:
         log(f"note: {n}")
 
-    results: dict[str, Any] = {"protocol": protocol, "seeds": list(range(seeds)), "device": str(dev),
+    results: dict[str, Any] = {"protocol": protocol, "seeds": list(range(seeds)), "device": str(fabric.device),
+                               "devices": fabric.world_size, "precision": precision_name(fabric),
                                "settings": {k: settings_dict(v) for k, v in settings.items()},
                                "glue_dirs": [str(d) for d in glue_dirs], "notes": notes, "checkpoints": []}  # fmt: skip
     for ckpt, label in zip(checkpoints, labels, strict=True):
@@ -699,7 +684,7 @@ def run_glue(
             per_seed = []
             for seed in range(seeds):
                 run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
-                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, device=dev)
+                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, fabric=fabric, fff=fff)
                 per_seed.append(r)
                 scores = ", ".join(
                     f"{sp} {m} {v:.4f}" for sp, ms in r["metrics"].items() for m, v in ms.items()
@@ -714,11 +699,16 @@ def run_glue(
             }  # fmt: skip
         entry["average"] = glue_average(entry["tasks"], include_wnli)
         results["checkpoints"].append(entry)
-        _write_results(out, results)
-    _write_results(out, results)
-    (out / "results.md").write_text(glue_markdown(results))
-    log((out / "results.md").read_text())
+        if fabric.global_rank == 0:
+            _write_results(out, results)
+    if fabric.global_rank == 0:
+        atomic_write_text(out / "results.md", glue_markdown(results))
+    log(glue_markdown(results))
     return results
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than zero."""
 
 
 def _write_results(out: Path, results: dict[str, Any]) -> None:
@@ -766,6 +756,8 @@ def run_glue_command(
     set_options: Sequence[str] = (),
     shortcuts: dict[str, Any] | None = None,
     device: str | None = None,
+    devices: int = 1,
+    precision: str = "auto",
     include_wnli: bool = False,
 ) -> dict[str, Any]:
     """``ultracram glue``: merge the settings file, the flag shortcuts (``--epochs`` ...) and
@@ -779,4 +771,5 @@ def run_glue_command(
         per_task.setdefault(k, {}).update(v)
     return run_glue(checkpoints, glue_dirs, out_dir, tasks=tasks, seeds=seeds,
                     protocol=protocol or file.get("protocol", "sane"), overrides=common,
-                    task_overrides=per_task, device=device, include_wnli=include_wnli)  # fmt: skip
+                    task_overrides=per_task, device=device, devices=devices, precision=precision,
+                    include_wnli=include_wnli)  # fmt: skip

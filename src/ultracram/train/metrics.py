@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ultracram.fileio import atomic_write
 
 CSV_COLUMNS = [
     "step", "tokens", "elapsed_s", "fraction", "loss", "lr", "batch_size", "grad_norm",
@@ -55,12 +58,19 @@ class MetricsLogger:
                 self.wandb = None
 
     def truncate(self, step: int) -> None:
-        """Drop the rows after ``step`` (a resume or a health rollback replays them)."""
-        rows = read_metrics(self.path) if step >= 0 and self.path.is_file() else []
-        with open(self.path, "w", newline="") as f:
+        """Drop the rows after ``step`` (a resume or a health rollback replays them). The CSV is
+        rewritten atomically, and a last row cut short by a kill is dropped too."""
+        rows: list[dict[str, float]] = []
+        if step >= 0 and self.path.is_file():
+            text = self.path.read_text(encoding="utf-8")
+            rows = _parse_rows(text[: text.rfind("\n") + 1].splitlines())
+
+        def write(f) -> None:
             w = csv.DictWriter(f, CSV_COLUMNS)
             w.writeheader()
             w.writerows({k: _fmt(r.get(k)) for k in CSV_COLUMNS} for r in rows if r["step"] <= step)
+
+        atomic_write(self.path, write, "w", newline="")
 
     def log(self, row: dict[str, float]) -> None:
         with open(self.path, "a", newline="") as f:
@@ -97,11 +107,15 @@ def _fmt(v: Any) -> Any:
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of a metrics CSV as floats (``step`` as int); empty cells become NaN."""
     with open(path, newline="") as f:
-        rows = []
-        for r in csv.DictReader(f):
-            row = {k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items() if k}
-            row["step"] = int(row["step"])
-            rows.append(row)
+        return _parse_rows(f)
+
+
+def _parse_rows(lines: Iterable[str]) -> list[dict[str, float]]:
+    rows = []
+    for r in csv.DictReader(lines):
+        row = {k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items() if k}
+        row["step"] = int(row["step"])
+        rows.append(row)
     return rows
 
 

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module | Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two AdamW groups: matrices decay; biases, LayerNorm weights and scalars (the scaled
     sinusoid's scale) do not (BERT and cramming both exempt them: decaying a gain or an offset
     towards zero has no regularising meaning). Tied parameters appear once."""
     decay, no_decay = [], []
     seen: set[int] = set()
-    for p in model.parameters():
+    for p in model.parameters() if isinstance(model, nn.Module) else model:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
@@ -34,9 +34,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+    model: nn.Module | Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """AdamW over ``parameter_groups``; ``foreach`` kernels where the device has them."""
+    """AdamW over ``parameter_groups`` (of a model or a list of parameters); ``foreach``
+    kernels where the device has them. Pretraining, fine-tuning, the doctor and the benchmarks
+    all build their optimizer here."""
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
 
 

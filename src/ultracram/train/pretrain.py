@@ -37,15 +37,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from ultracram.checkpoint import save_checkpoint
 from ultracram.config import ModelConfig, get_preset
+from ultracram.data.corpus import TokenShards
+from ultracram.data.mlm import mlm_batch
 from ultracram.fileio import atomic_write_text
+from ultracram.model import build_model, flops_per_token
 from ultracram.progress import ProgressDisplay, hms
-from ultracram.train.optim import (
-    BudgetSchedule,
-    accumulation_steps,
-    build_optimizer,
-    set_learning_rate,
+from ultracram.train import engine
+from ultracram.train.engine import (
+    model_loss,
+    module_state,
+    precision_name,
+    prepare,
+    raw_module,
+    restore_state,
+    save_state,
+    setup_fabric,
 )
+from ultracram.train.metrics import MetricsLogger, memory_gb, peak_flops, plot_loss_curve, read_metrics
+from ultracram.train.optim import BudgetSchedule, accumulation_steps, build_optimizer
 from ultracram.train.pretrain_config import (
     Budget,
     PretrainConfig,
@@ -54,14 +65,7 @@ from ultracram.train.pretrain_config import (
     parse_budget,
     resolve_recipe,
 )
-from ultracram.train.state import (
-    capture_rng_state,
-    latest_state,
-    load_train_state,
-    restore_rng_state,
-    save_train_state,
-    state_step,
-)
+from ultracram.train.state import latest_state, state_step
 
 # --------------------------------------------------------------------------------------------
 # setup -> main -> fit -> validate
@@ -80,6 +84,18 @@ class FaultInjection:
     after_step: Callable[[int], None] | None = None
     """Called with the step number after each completed step (and its checkpoint, if any)."""
     fired: set[tuple[str, int]] = field(default_factory=set)
+
+    def hooks(self, step: int) -> dict[str, Callable]:
+        """``loss_hook`` / ``grad_hook`` for ``engine.train_step`` at optimizer step ``step``."""
+
+        def loss_hook(loss: torch.Tensor) -> torch.Tensor:
+            return loss * float("nan") if self.fire("loss", step) else loss
+
+        def grad_hook(model: nn.Module) -> None:
+            if self.fire("grad", step):
+                next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+        return {"loss_hook": loss_hook, "grad_hook": grad_hook}
 
     def fire(self, what: str, step: int) -> bool:
         if what == "loss" and self.always_nan_loss:
@@ -101,32 +117,10 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, faults: FaultInjec
 
 
 def setup(config: PretrainConfig):
-    """The one place where devices, distribution and precision are chosen."""
-    from lightning.fabric import Fabric
-
-    accelerator = config.accelerator
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = config.precision
-    if precision == "auto":
-        if accelerator == "cuda":
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        else:
-            precision = "32-true"
-    strategy: Any = config.strategy
-    if strategy == "fsdp":
-        from lightning.fabric.strategies import FSDPStrategy
-
-        from ultracram.model.encoder import Block
-
-        # Shard at transformer-block granularity: each block's weights are gathered only while
-        # it runs (the usual FSDP wrap policy for transformers).
-        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
-    devices = config.devices if config.devices == "auto" else int(config.devices)
-    if devices == "auto" and accelerator == "cpu":
-        devices = 1  # "auto" on CPU would start one process per core; ask explicitly for DDP on CPU
-    return Fabric(accelerator=accelerator, devices=devices, num_nodes=config.num_nodes,
-                  strategy=strategy, precision=precision)  # fmt: skip
+    """Fabric for ``config``'s devices, strategy and precision (``engine.setup_fabric``)."""
+    return setup_fabric(
+        config.accelerator, config.devices, config.num_nodes, config.strategy, config.precision
+    )
 
 
 @dataclass
@@ -142,7 +136,6 @@ class Progress:
 
 
 def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None) -> dict:
-    from ultracram.data.corpus import TokenShards
 
     out = Path(config.out)
     states_dir = out / "states"
@@ -158,17 +151,13 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
     budget = parse_budget(config.budget)
 
     fabric.seed_everything(config.seed)
-    from ultracram.model import build_model
-
     with fabric.init_module(empty_init=False):
         model = build_model(model_config, "mlm")
-    select_fff_implementation(model, config.fff_implementation, fabric.device)
     optimizer = build_optimizer(model, lr=config.lr, betas=(config.beta1, config.beta2),
                                 eps=config.eps, weight_decay=config.weight_decay)  # fmt: skip
-    if config.compile:
-        # Compiled before setup: Fabric re-applies the compilation around its own wrapper.
-        model = torch.compile(model)
-    model, optimizer = fabric.setup(model, optimizer)
+    model, optimizer = prepare(
+        fabric, model, optimizer, fff=config.fff_implementation, compile=config.compile
+    )
 
     progress = Progress()
     start = latest_state(states_dir) if resume else None
@@ -181,8 +170,6 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
 
     logger = None
     if fabric.global_rank == 0:
-        from ultracram.train.metrics import MetricsLogger
-
         out.mkdir(parents=True, exist_ok=True)
         (out / "pretrain_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         logger = MetricsLogger(out, resume_step=progress.step if resume else None,
@@ -193,7 +180,7 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
         from ultracram.doctor.monitors import Monitor
 
         # Hooks on rank zero only: they observe activations and never change the computation.
-        monitor = Monitor(_raw(model), every=config.monitor_every)
+        monitor = Monitor(raw_module(model), every=config.monitor_every)
     try:
         fit(fabric, config, budget, model, optimizer, shards, model_config, progress, logger, faults, monitor)
         val_loss = validate(fabric, config, model, shards, model_config)
@@ -201,7 +188,9 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
         if logger is not None:
             logger.close()
         if monitor is not None:
-            atomic_write_text(out / "monitor.json", json.dumps(monitor.summary(), indent=2, default=str) + "\n")
+            atomic_write_text(
+                out / "monitor.json", json.dumps(monitor.summary(), indent=2, default=str) + "\n"
+            )
             monitor.close()
     return _finish(fabric, config, model, model_config, shards, progress, val_loss, budget)
 
@@ -219,18 +208,26 @@ def model_config_for(config: PretrainConfig, shards) -> ModelConfig:
     return model_config
 
 
-def select_fff_implementation(model: nn.Module, name: str, device: torch.device) -> None:
-    """Point every FFF layer at one implementation. ``auto``: the fastest *trainable* one for
-    the device (``ultracram.kernels.default_training_implementation``: the conditional
-    forward+backward kernels where numba / Triton are there, else ``gather``)."""
-    from ultracram.kernels import default_training_implementation
-    from ultracram.model import FastFeedForward
+class _MicroBatches:
+    """The micro batches of one optimizer step, built on access (``engine.train_step`` takes any
+    sequence): ``units`` are the data positions (``mlm_batch`` steps) of this rank's micro batches."""
 
-    if name == "auto":
-        name = default_training_implementation(device)
-    for m in model.modules():
-        if isinstance(m, FastFeedForward):
-            m.implementation = name
+    def __init__(self, fabric, shards, config: PretrainConfig, mask_rate: float, units: list[int]):
+        self.fabric, self.shards, self.config, self.mask_rate, self.units = (
+            fabric,
+            shards,
+            config,
+            mask_rate,
+            units,
+        )
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, a: int) -> dict[str, torch.Tensor]:
+        batch = mlm_batch(self.shards, step=self.units[a], batch_size=self.config.micro_batch_size,
+                          seed=self.config.seed, mask_rate=self.mask_rate)  # fmt: skip
+        return {k: self.fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
 
 
 def fit(
@@ -239,9 +236,6 @@ def fit(
 ) -> None:  # fmt: skip
     """The training loop: one iteration = one optimizer step of ``accumulation`` micro batches.
     ``monitor``: an ``ultracram.doctor.monitors.Monitor`` told about every finished step."""
-    from ultracram.data.mlm import mlm_batch
-    from ultracram.model import flops_per_token
-    from ultracram.train.metrics import memory_gb, peak_flops
 
     world = fabric.world_size
     micro_global = config.micro_batch_size * world
@@ -262,44 +256,22 @@ def fit(
         t0 = time.perf_counter()
         accumulation = accumulation_steps(fraction, config.batch_size, micro_global, config.batch_ramp_until)
         lr = config.lr * schedule(fraction) * progress.lr_scale
-        set_learning_rate(optimizer, lr)
-        loss_sum = torch.zeros((), device=fabric.device)
-        for a in range(accumulation):
-            # The data unit is one per-device micro batch, masked on its own: unit u is
-            # mlm_batch(step=u), and micro batch a of this step on rank r is unit
-            # base + a*world + r. So every unit has the exact mask count the sparse head expects,
-            # and a run's batches depend only on the micro batch size and the global batch,
-            # not on how many devices share them (1 device x 4 accumulation = 2 x 2 = 4 x 1).
-            unit = progress.micro_step + a * world + fabric.global_rank
-            batch = mlm_batch(shards, step=unit, batch_size=config.micro_batch_size, seed=config.seed,
-                              mask_rate=model_config.mask_rate)  # fmt: skip
-            batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
-            with fabric.no_backward_sync(model, enabled=a < accumulation - 1):
-                local_sum, local_count, aux = _mlm_loss_terms(model, batch)
-                if faults is not None and faults.fire("loss", progress.step):
-                    local_sum = local_sum * float("nan")
-                # Normalise by the masked count over *all* ranks, so a step's gradient is the
-                # gradient of the global mean loss however the masks fall across ranks (DDP
-                # averages gradients over ranks, hence the factor world).
-                count = fabric.all_reduce(local_count.float(), reduce_op="sum").clamp_min(1.0)
-                loss = world * local_sum / count
-                if aux is not None:
-                    loss = loss + aux  # already weighted (Encoder.aux_loss)
-                fabric.backward(loss / accumulation)
-            loss_sum += (local_sum / count).detach()
-        if faults is not None and faults.fire("grad", progress.step):
-            next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
-        loss_value = float(fabric.all_reduce(loss_sum, reduce_op="sum")) / accumulation
-        norm = _clip(fabric, model, optimizer, config.grad_clip)
+        # The data unit is one per-device micro batch, masked on its own: unit u is
+        # mlm_batch(step=u), and micro batch a of this step on rank r is unit
+        # base + a*world + r. So every unit has the exact mask count the sparse head expects,
+        # and a run's batches depend only on the micro batch size and the global batch,
+        # not on how many devices share them (1 device x 4 accumulation = 2 x 2 = 4 x 1).
+        batches = _MicroBatches(fabric, shards, config, model_config.mask_rate,
+                                [progress.micro_step + a * world + fabric.global_rank for a in range(accumulation)])  # fmt: skip
+        result = engine.train_step(fabric, model, optimizer, batches, grad_clip=config.grad_clip, lr=lr,
+                            **(faults.hooks(progress.step) if faults is not None else {}))  # fmt: skip
+        loss_value, norm = result.loss, result.grad_norm
         step_time = time.perf_counter() - t0
-        if not (math.isfinite(loss_value) and math.isfinite(norm)):
-            optimizer.zero_grad(set_to_none=True)
+        if not result.finite:
             progress.elapsed_s += _synced_time(fabric, step_time)
             last_bad = {"step": progress.step + 1, "loss": loss_value, "grad_norm": norm, "lr": lr}
             _recover(fabric, config, states_dir, model, optimizer, progress, last_bad, logger)
             continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
         step_tokens = accumulation * micro_global * seq_len
         progress.step += 1
@@ -308,7 +280,9 @@ def fit(
         step_time = time.perf_counter() - t0
         progress.elapsed_s += _synced_time(fabric, step_time)
         if monitor is not None:
-            _report_findings(fabric, Path(config.out), monitor.on_step(progress.step, _raw(model), loss_value))
+            _report_findings(
+                fabric, Path(config.out), monitor.on_step(progress.step, raw_module(model), loss_value)
+            )
         window["loss"] += loss_value
         window["n"] += 1
         window["tokens"] += step_tokens
@@ -346,30 +320,6 @@ def _report_findings(fabric, out: Path, findings: list) -> None:
         for finding in findings:
             f.write(json.dumps(dataclasses.asdict(finding), default=str) + "\n")
             fabric.print(f"doctor [{finding.severity}] {finding.message}")
-
-
-def _mlm_loss_terms(model, batch: dict[str, torch.Tensor]):
-    """(sum of token losses, number of predicted tokens, auxiliary loss) of one micro batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                labels=batch["labels"])  # fmt: skip
-    logits, labels = out.logits, out.labels  # (k, V), (k,) sparse; or (B, T, V), (B, T) dense
-    from ultracram.config import IGNORE_INDEX
-
-    labels = labels.reshape(-1)
-    total = nn.functional.cross_entropy(logits.reshape(labels.numel(), -1).float(), labels,
-                                        ignore_index=IGNORE_INDEX, reduction="sum")  # fmt: skip
-    return total, (labels != IGNORE_INDEX).sum(), out.aux_loss
-
-
-def _clip(fabric, model, optimizer, max_norm: float) -> float:
-    """Clip to ``max_norm`` (0: only measure) and return the global gradient norm (inf/nan if
-    any gradient is non-finite; Fabric unscales fp16 gradients first)."""
-    if max_norm and max_norm > 0:
-        norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
-        return float(norm)
-    from ultracram.train.optim import grad_norm
-
-    return grad_norm(model.parameters())
 
 
 def _synced_time(fabric, seconds: float) -> float:
@@ -414,87 +364,13 @@ def _recover(fabric, config, states_dir, model, optimizer, progress: Progress, b
         logger.log_scalar("health/recoveries", progress.recoveries, progress.step)
 
 
-def _train_state(fabric, config, model, optimizer, progress: Progress) -> dict[str, Any]:
-    """The one dict that holds everything a resumed run needs."""
-    return {
-        "model": _module_state(fabric, model),
-        "optimizer": _optimizer_state(fabric, model, optimizer),
-        "schedule": {"lr_scale": progress.lr_scale},
-        "progress": dataclasses.asdict(progress),
-        "rng": capture_rng_state(),
-        "config": config.to_dict(),
-    }
-
-
 def _save(fabric, states_dir: Path, config, model, optimizer, progress: Progress) -> None:
-    state = _train_state(fabric, config, model, optimizer, progress)  # every rank joins (FSDP gathers)
-    if fabric.global_rank == 0:
-        save_train_state(states_dir, progress.step, state, keep_last=config.keep_last)
-    fabric.barrier()
+    save_state(fabric, states_dir, progress.step, model, optimizer, dataclasses.asdict(progress),
+               config=config.to_dict(), keep_last=config.keep_last)  # fmt: skip
 
 
 def _restore(fabric, path: Path, model, optimizer) -> Progress:
-    state = load_train_state(path)
-    _load_module_state(fabric, model, state["model"])
-    _load_optimizer_state(fabric, model, optimizer, state["optimizer"])
-    restore_rng_state(state["rng"])
-    progress = Progress(**state["progress"])
-    progress.lr_scale = state["schedule"]["lr_scale"]
-    return progress
-
-
-def _is_fsdp(fabric) -> bool:
-    from lightning.fabric.strategies import FSDPStrategy
-
-    return isinstance(fabric.strategy, FSDPStrategy)
-
-
-def _raw(model) -> nn.Module:
-    """The user's module under Fabric's (``.module``) and torch.compile's (``._orig_mod``) wrappers."""
-    from lightning.fabric.wrappers import _FabricModule
-
-    if isinstance(model, _FabricModule):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
-
-
-def _module_state(fabric, model) -> dict[str, torch.Tensor]:
-    if _is_fsdp(fabric):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(
-            _raw(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-    return _raw(model).state_dict()
-
-
-def _optimizer_state(fabric, model, optimizer) -> dict[str, Any]:
-    opt = getattr(optimizer, "optimizer", optimizer)
-    if _is_fsdp(fabric):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(_raw(model), opt,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # fmt: skip
-    return opt.state_dict()
-
-
-def _load_module_state(fabric, model, state: dict[str, torch.Tensor]) -> None:
-    if _is_fsdp(fabric):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(_raw(model), state, options=StateDictOptions(full_state_dict=True))
-        return
-    _raw(model).load_state_dict(state)
-
-
-def _load_optimizer_state(fabric, model, optimizer, state: dict[str, Any]) -> None:
-    opt = getattr(optimizer, "optimizer", optimizer)
-    if _is_fsdp(fabric):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(_raw(model), opt, state, options=StateDictOptions(full_state_dict=True))
-        return
-    opt.load_state_dict(state)
+    return Progress(**restore_state(fabric, path, model, optimizer))
 
 
 @torch.no_grad()
@@ -504,7 +380,6 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     training distribution with fresh masks, not generalisation (GLUE does that)."""
     if config.val_batches <= 0:
         return math.nan
-    from ultracram.data.mlm import mlm_batch
 
     model.eval()
     world = fabric.world_size
@@ -514,9 +389,9 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
         batch = mlm_batch(shards, step=i * world + fabric.global_rank, batch_size=config.micro_batch_size,
                           seed=config.seed + 10_007, mask_rate=model_config.mask_rate)  # fmt: skip
         batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
-        s, c, _ = _mlm_loss_terms(model, batch)
-        total += s
-        count += c
+        terms = model_loss(model, batch)
+        total += terms.task_loss * terms.count
+        count += terms.count
     model.train()
     total = fabric.all_reduce(total, reduce_op="sum")
     count = fabric.all_reduce(count.float(), reduce_op="sum")
@@ -525,15 +400,10 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
 
 def _finish(fabric, config, model, model_config, shards, progress: Progress, val_loss, budget) -> dict:
     """Final model directory (the foundation's checkpoint format), summary, loss curve."""
-    from ultracram.checkpoint import save_checkpoint
-    from ultracram.model import build_model
-
-    state = _module_state(fabric, model)
+    state = module_state(fabric, model)
     out = Path(config.out)
     summary: dict[str, Any] = {}
     if fabric.global_rank == 0:
-        from ultracram.train.metrics import plot_loss_curve, read_metrics
-
         final = build_model(model_config, "mlm")  # plain CPU module: no Fabric / compile / FSDP wrappers
         final.load_state_dict(state)
         rows = read_metrics(out / "metrics.csv")
@@ -546,7 +416,7 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
             "final_loss": sum(r["loss"] for r in tail) / len(tail) if tail else math.nan,
             "val_loss": val_loss, "ln_vocab": math.log(model_config.vocab_size),
             "tokens_per_s": progress.tokens / max(progress.elapsed_s, 1e-9),
-            "devices": fabric.world_size, "precision": _precision_name(fabric),
+            "devices": fabric.world_size, "precision": precision_name(fabric),
         }  # fmt: skip
         save_checkpoint(final, out / "final", tokenizer_path=shards.tokenizer_path,
                         extra={"pretrain": {**summary, "config": config.to_dict()}})  # fmt: skip
@@ -560,11 +430,6 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
         )
     fabric.barrier()
     return summary
-
-
-def _precision_name(fabric) -> str:
-    precision = fabric.strategy.precision
-    return getattr(precision, "precision", type(precision).__name__)
 
 
 class _ProgressBar:

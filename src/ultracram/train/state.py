@@ -7,9 +7,9 @@ of the structure (with each tensor replaced by a reference to its key) goes into
 safetensors header as JSON. Nothing is ever unpickled when loading, so a state file from an
 untrusted source can at worst fail to load.
 
-Writes are atomic (temporary name, fsync, rename, fsync of the directory): a kill at any
-moment leaves the previous state or the new one, never half of one. Only the newest
-``keep_last`` states are kept.
+Writes are atomic (``ultracram.fileio``: temporary name, fsync, rename, fsync of the
+directory): a kill at any moment leaves the previous state or the new one, never half of one.
+Only the newest ``keep_last`` states are kept.
 
     path = save_train_state(run / "states", step, {"model": m.state_dict(), "step": step, ...})
     state = load_train_state(latest_state(run / "states"))
@@ -22,7 +22,6 @@ Tensors that share memory (tied weights) are stored once and come back as one te
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -34,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ultracram.errors import UltracramError
-from ultracram.fileio import fsync_dir
+from ultracram.fileio import atomic_write_path
 
 STATE_PREFIX = "state-"
 STATE_SUFFIX = ".safetensors"
@@ -69,15 +68,7 @@ def save_train_state(
     tree = _encode(state, "", tensors, seen)
     meta = json.dumps({"format_version": _FORMAT_VERSION, "step": step, "tree": tree})
     path = directory / state_file_name(step)
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: meta})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_path(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: meta}))
     if keep_last:
         for old in list_states(directory)[:-keep_last]:
             old.unlink(missing_ok=True)
