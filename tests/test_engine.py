@@ -227,3 +227,28 @@ def test_bench_finetune_smoke(tmp_path, counted):
     assert by_path["auto"]["first_loss_diff_vs_masked"] < 1e-5
     assert len(counted) == 2 * 2  # two paths: the compared first step and one timed round
     assert (tmp_path / "f.json").is_file()
+
+
+def test_training_states_of_earlier_layouts_still_resume(tmp_path):
+    """Pretraining states kept the lr scale under "schedule"; fine-tuning states kept "step" at
+    the top with a LambdaLR "scheduler". Both load into the one layout."""
+    from ultracram.train.state import capture_rng_state, save_train_state
+
+    config = get_preset("crammed-bert-tiny")
+    model = build_model(config, "mlm")
+    opt = build_optimizer(model, lr=1e-3, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01)
+    fabric = engine.setup_fabric("cpu", 1, precision="32-true")
+    progress = {"step": 3, "micro_step": 6, "tokens": 99, "elapsed_s": 1.5, "lr_scale": 1.0, "recoveries": 1}
+    old_pretrain = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": {"lr_scale": 0.25},
+                    "progress": progress, "rng": capture_rng_state(), "config": {}}  # fmt: skip
+    path = save_train_state(tmp_path / "p", 3, old_pretrain)
+    assert engine.restore_state(fabric, path, model, opt) == {**progress, "lr_scale": 0.25}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+    old_finetune = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+                    "step": 7, "rng": capture_rng_state()}  # fmt: skip
+    path = save_train_state(tmp_path / "f", 7, old_finetune)
+    assert engine.restore_state(fabric, path, model, opt) == {"step": 7}
+    other = build_model(get_preset("crammed-bert-tiny", num_layers=1), "mlm")
+    with pytest.raises(engine.TrainStateError, match="cannot resume from this training state"):
+        engine.restore_state(fabric, path, other, build_optimizer(other, lr=1e-3, betas=(0.9, 0.98), eps=1e-12,
+                                                                  weight_decay=0.01))  # fmt: skip

@@ -13,10 +13,7 @@ from ultracram.config import get_preset
 from ultracram.data.glue import TASKS, GlueSplit, load_glue_tsv
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
-from ultracram.report.glue_table import glue_markdown
 from ultracram.train.finetune import (
-    PROTOCOLS,
-    FinetuneError,
     _Interrupted,
     batch_order,
     collate,
@@ -24,11 +21,11 @@ from ultracram.train.finetune import (
     finetune_run,
     glue_average,
     lr_factor,
-    parse_set_options,
-    resolve_settings,
     run_glue,
     subsample,
 )
+from ultracram.train.finetune_settings import PROTOCOLS, FinetuneError, parse_set_options, resolve_settings
+from ultracram.train.glue_table import glue_markdown
 
 SST2 = TASKS["sst2"]
 

@@ -182,16 +182,18 @@ def test_outputs_and_final_checkpoint(shards, tmp_path):
 
 
 def test_doctor_monitor_reports_live_findings(shards, tmp_path):
+    from ultracram.doctor.monitors import Monitor
+
     model = {**TINY, "fff_depth": 2}
     pretrain(_config(shards, tmp_path / "ok", budget="8-steps", preset="ultrafastbert-tiny", model=model,
-                     monitor_every=2))  # fmt: skip
+                     monitor_every=2), monitor=Monitor)  # fmt: skip
     summary = json.loads((tmp_path / "ok" / "monitor.json").read_text())
     assert summary["steps"] == 8
     usage = next(iter(summary["fff"].values()))
     assert usage["tokens_routed"] > 0 and usage["leaves_total"] == 4
     # A learning rate 300x too high: the monitor names the update/weight ratio at once.
     pretrain(_config(shards, tmp_path / "hot", budget="8-steps", preset="ultrafastbert-tiny", model=model,
-                     monitor_every=2, lr=0.3, lr_start=0.99))  # fmt: skip
+                     monitor_every=2, lr=0.3, lr_start=0.99), monitor=Monitor)  # fmt: skip
     findings = [json.loads(line) for line in (tmp_path / "hot" / "monitor.jsonl").read_text().splitlines()]
     assert any(f["kind"] == "update_ratio_high" for f in findings), findings
 

@@ -1,5 +1,8 @@
 """The ``ultracram`` command: each subcommand parses its flags and calls one library function.
 
+Size (~650 lines): hand-written argparse flags for every command; the settings issue (one
+typed settings layer with a generated parser) replaces them with a table of commands.
+
 Subcommands import their library modules lazily so that ``ultracram --help`` is instant.
 Add a subcommand by writing one ``_add_<name>(sub)`` function and listing it in ``COMMANDS``.
 """
@@ -207,9 +210,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     add_arguments(p)
 
     def run(args: argparse.Namespace) -> None:
+        from ultracram.doctor.monitors import Monitor
         from ultracram.train.pretrain import run_from_args
 
-        run_from_args(args)
+        run_from_args(args, monitor=Monitor)
 
     p.set_defaults(func=run)
 

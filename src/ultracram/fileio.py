@@ -20,9 +20,11 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import torch
 
 from ultracram.errors import RunMismatchError
 
@@ -37,6 +39,16 @@ _CHUNK = 1 << 20
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_tensors(tensors: Mapping[str, Any]) -> str:
+    """Hex sha256 over named tensors (a state dict), sorted by name: each name, then the
+    tensor's raw bytes. Equal digests mean equal names, dtypes' bytes and values."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = _CHUNK) -> str:
@@ -355,4 +367,5 @@ __all__ = [
     "recover_dir",
     "sha256_bytes",
     "sha256_file",
+    "sha256_tensors",
 ]

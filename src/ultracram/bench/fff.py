@@ -28,6 +28,7 @@ import torch
 from ultracram.config import get_preset
 from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.kernels.cpu import set_num_threads
+from ultracram.model import build_model, for_inference
 from ultracram.model.feedforward import DenseFeedForward, FastFeedForward, GatedFeedForward
 
 FFN_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -227,8 +228,6 @@ def bench_model(
     hidden state differs by more than 1e-4 of the scale (a routing decision flipped by a
     logit within rounding of zero; see kernels/cpu.py).
     """
-    from ultracram.model import build_model, for_inference
-
     threads = list(threads or [all_threads()])
     torch.manual_seed(seed)
     fast = build_model(get_preset(preset), task="encoder").eval()

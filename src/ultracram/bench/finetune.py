@@ -28,7 +28,8 @@ from ultracram.model import build_model
 from ultracram.model.dispatch import fff_implementations
 from ultracram.train import engine
 from ultracram.train.engine import precision_name, prepare, raw_module, setup_fabric, synchronize
-from ultracram.train.finetune import PROTOCOLS, make_optimizer
+from ultracram.train.finetune import make_optimizer
+from ultracram.train.finetune_settings import PROTOCOLS
 
 
 def bench_finetune(

@@ -21,17 +21,19 @@ from typing import Any
 
 import torch
 
+from ultracram.checkpoint import save_checkpoint
+from ultracram.config import get_preset
 from ultracram.data.glue import find_split, load_split, parse_tasks
-from ultracram.train.finetune import FinetuneSettings, finetune_run, resolve_settings, subsample
+from ultracram.data.sample import read_sample_paragraphs
+from ultracram.data.tokenizer import train_tokenizer
+from ultracram.model import build_model
+from ultracram.train.finetune import finetune_run, subsample
+from ultracram.train.finetune_settings import FinetuneSettings, resolve_settings
 
 DEFAULT_PRESETS = ("crammed-bert-tiny", "bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
 
 
 def _tiny_checkpoint(preset: str, directory: Path, tokenizer_path: Path, vocab_size: int) -> Path:
-    from ultracram.checkpoint import save_checkpoint
-    from ultracram.config import get_preset
-    from ultracram.model import build_model
-
     config = get_preset(preset, vocab_size=vocab_size)
     return save_checkpoint(build_model(config, "mlm"), directory / preset, tokenizer_path=tokenizer_path)
 
@@ -48,9 +50,6 @@ def bench_glue(
     out: str | Path | None = "out/bench/glue.json",
 ) -> dict[str, Any]:
     """Seconds per task per preset (measured on subsets, extrapolated to the full task)."""
-    from ultracram.data.sample import read_sample_paragraphs
-    from ultracram.data.tokenizer import train_tokenizer
-
     chosen = [t for t in parse_tasks(tasks) if find_split(t, "train", glue_dirs) is not None]
     settings = resolve_settings(chosen, protocol)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

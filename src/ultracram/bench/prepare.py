@@ -28,6 +28,9 @@ from typing import Any
 
 import psutil
 
+from ultracram.data.corpus import find_text_files, iter_file_documents
+from ultracram.data.tokenizer import train_tokenizer_files
+
 
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
@@ -58,8 +61,6 @@ def encode_batch_reference(inputs: Sequence[str | Path], tokenizer_path: Path, b
                            batch_chars: int) -> dict[str, Any]:  # fmt: skip
     """Tokens/s of ``encode_batch`` alone (reading and decompression not timed)."""
     from tokenizers import Tokenizer
-
-    from ultracram.data.corpus import find_text_files, iter_file_documents
 
     os.environ.pop("TOKENIZERS_PARALLELISM", None)  # the library's default: all cores
     tok = Tokenizer.from_file(str(tokenizer_path))
@@ -100,8 +101,6 @@ def bench_prepare(
     out: str | Path | None = "out/bench/prepare.json",
 ) -> dict[str, Any]:
     """Benchmark ``prepare_corpus`` on ``inputs``; prints a summary and writes JSON to ``out``."""
-    from ultracram.data.tokenizer import train_tokenizer_files
-
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"inputs": [str(i) for i in inputs], "seq_len": seq_len,

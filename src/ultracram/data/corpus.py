@@ -1,5 +1,9 @@
 """Pretraining corpora: raw text -> filtered, tokenised, packed fixed-length token shards.
 
+Size (~560 lines): the writer (parallel tokenising, packing, atomic shards, resume) and the
+reader (``TokenShards``) share the manifest format and are kept together; text reading lives in
+``data/text.py``.
+
 Layout of a prepared directory (``prepare_corpus``; read back with ``TokenShards``)::
 
     out/

@@ -1,5 +1,8 @@
 """Preflight checks: tell a code error from a hyperparameter problem before training.
 
+Size (~760 lines): one function per check, each with its own messages and fixes; they share
+helpers and are read one at a time, so splitting them across files would only scatter them.
+
 Each check takes a :class:`~ultracram.doctor.setup.TrainingSetup` and returns one
 :class:`CheckResult` (PASS / WARN / FAIL, a one-line reason and a suggested fix). A check that
 crashes is reported as FAIL with the exception, so one bug never hides the other results.

@@ -17,10 +17,13 @@ from typing import Any
 
 import torch
 
+from ultracram.checkpoint import load_checkpoint
+from ultracram.data.tokenizer import load_tokenizer
 from ultracram.doctor.monitors import fff_usage
 from ultracram.errors import UltracramError
 from ultracram.fileio import atomic_write_text
 from ultracram.kernels import fff_paths
+from ultracram.model.feedforward import FastFeedForward
 
 
 class ExplainError(UltracramError, ValueError):
@@ -30,8 +33,6 @@ class ExplainError(UltracramError, ValueError):
 def fff_token_paths(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``model`` on ``input_ids`` (1, T) and return, per FastFeedForward module name, the
     visited nodes (T, K, D+1) (within-tree indices)."""
-    from ultracram.model.feedforward import FastFeedForward
-
     paths: dict[str, torch.Tensor] = {}
     handles = []
     for name, m in model.named_modules():
@@ -127,9 +128,6 @@ def explain_fff(
     """Load an FFF checkpoint and its tokenizer (``checkpoint/tokenizer.json``), route ``text``
     and write the pictures and ``explain.md`` / ``explain.json`` to ``out_dir``."""
     from rich.console import Console
-
-    from ultracram.checkpoint import load_checkpoint
-    from ultracram.data.tokenizer import load_tokenizer
 
     if not text.strip():
         raise ExplainError("--text is empty")

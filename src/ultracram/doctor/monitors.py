@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from ultracram.kernels import fff_paths
+from ultracram.model.encoder import SelfAttention
+from ultracram.model.feedforward import DenseFeedForward, FastFeedForward, GatedFeedForward
 
 
 @dataclass
@@ -80,9 +82,6 @@ class Monitor:
         dead_fraction_warn: float = 0.5,
         update_ratio_range: tuple[float, float] = (1e-5, 0.1),
     ):
-        from ultracram.model.encoder import SelfAttention
-        from ultracram.model.feedforward import DenseFeedForward, FastFeedForward, GatedFeedForward
-
         self.every, self.spike_sigma, self.spike_warmup = max(1, every), spike_sigma, spike_warmup
         self.entropy_floor, self.dead_fraction_warn = entropy_floor, dead_fraction_warn
         self.update_ratio_range = update_ratio_range

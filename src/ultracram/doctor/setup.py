@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ultracram.config import IGNORE_INDEX, ModelConfig, get_preset
+from ultracram.data.corpus import TokenShards
+from ultracram.data.mlm import mask_tokens
+from ultracram.data.sample import read_sample_paragraphs
+from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
 from ultracram.errors import UltracramError
+from ultracram.model import build_model
 from ultracram.train import engine
 from ultracram.train.optim import build_optimizer
 from ultracram.train.pretrain_config import RECIPES, PretrainConfig, resolve_recipe
@@ -164,15 +169,11 @@ class TrainingSetup:
 
 
 def _build_mlm(config: ModelConfig) -> nn.Module:
-    from ultracram.model import build_model
-
     return build_model(config, "mlm")
 
 
 def standard_mask_fn(config: ModelConfig, tok: TokenizerInfo) -> MaskFn:
     """ultracram's collator (``ultracram.data.mlm.mask_tokens``) with the config's mask rate."""
-    from ultracram.data.mlm import mask_tokens
-
     def mask(ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_tokens(ids, config.mask_rate, mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
                            special_ids=tok.special_ids, generator=gen)  # fmt: skip
@@ -299,9 +300,6 @@ def default_setup(
     lr = RECIPES[recipe]["lr"] if lr is None else lr
     seq_len = min(seq_len, config.max_seq_len)
     if data is None:
-        from ultracram.data.sample import read_sample_paragraphs
-        from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
-
         paragraphs = read_sample_paragraphs()
         tok = (
             load_tokenizer(tokenizer)
@@ -343,9 +341,6 @@ def _shard_rows(data: Path, tokenizer: str | Path | None, seq_len: int):
     The shards have no held-out split (pretraining validates on fresh masks of the training
     data); a ``validation/`` shard directory beside them, if present, is used for the overlap check.
     """
-    from ultracram.data.corpus import TokenShards
-    from ultracram.data.tokenizer import load_tokenizer
-
     try:
         shards = TokenShards(data)
     except UltracramError as e:

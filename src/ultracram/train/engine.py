@@ -33,6 +33,7 @@ from lightning.fabric.wrappers import _FabricModule
 from torch import nn
 
 from ultracram.model.dispatch import set_fff_implementation
+from ultracram.model.encoder import Block
 from ultracram.train.optim import grad_norm, set_learning_rate
 from ultracram.train.state import (
     TrainStateError,
@@ -79,8 +80,6 @@ def setup_fabric(
     chosen: Any = strategy
     if strategy == "fsdp":
         from lightning.fabric.strategies import FSDPStrategy
-
-        from ultracram.model.encoder import Block
 
         # Each block's weights are gathered only while it runs (the usual wrap policy).
         chosen = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
@@ -344,6 +343,7 @@ __all__ = [
     "LossFn",
     "LossTerms",
     "StepResult",
+    "TrainStateError",
     "model_loss",
     "module_state",
     "precision_name",

@@ -1,5 +1,9 @@
 """GLUE fine-tuning and evaluation: protocols, seeds, medians, resumable runs.
 
+Size (~560 lines): data (tokenising, length-grouped batches), one run (train, evaluate,
+resume) and the multi-checkpoint GLUE table belong to one workflow; the settings are in
+``finetune_settings.py`` and the step in ``engine.py``.
+
 ``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
 sets and writes ``results.json`` and ``results.md`` (the papers' table layout). The default
 protocol is cramming's "GLUE-sane" (Geiping & Goldstein 2022, sec. 5): 5 epochs, batch 16,
@@ -26,17 +30,15 @@ inference kernels (``for_inference``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
 import statistics
 import time
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,15 +48,15 @@ from ultracram.data.glue import (
     TASKS,
     GlueDataError,
     GlueSplit,
-    GlueTask,
     compute_metrics,
     eval_columns,
     find_split,
     load_split,
     parse_tasks,
 )
-from ultracram.errors import UltracramError
-from ultracram.fileio import atomic_write_text
+from ultracram.data.tokenizer import load_tokenizer
+from ultracram.errors import RunMismatchError
+from ultracram.fileio import atomic_write_text, check_same_run, sha256_tensors
 from ultracram.model import for_inference
 from ultracram.train import engine
 from ultracram.train.engine import (
@@ -65,187 +67,16 @@ from ultracram.train.engine import (
     save_state,
     setup_fabric,
 )
+from ultracram.train.finetune_settings import (
+    FinetuneError,
+    FinetuneSettings,
+    load_settings_file,
+    parse_set_options,
+    resolve_settings,
+)
+from ultracram.train.glue_table import glue_markdown
 from ultracram.train.optim import build_optimizer
 from ultracram.train.state import TrainStateError, latest_state
-
-Schedule = Literal["cosine", "linear", "constant"]
-
-
-class FinetuneError(UltracramError, ValueError):
-    """Bad fine-tuning settings or a run directory that does not match them."""
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Hyperparameters of one fine-tuning run. Field docstrings feed the docs."""
-
-    epochs: float = 5.0
-    """Passes over the training set (fractions allowed)."""
-    batch_size: int = 16
-    """Training examples per step."""
-    lr: float = 4e-5
-    """Peak learning rate of AdamW."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.98
-    """AdamW beta2 (cramming: 0.98; BERT: 0.999)."""
-    eps: float = 1e-6
-    """AdamW epsilon."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay (never on biases and LayerNorm weights)."""
-    schedule: Schedule = "cosine"
-    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
-    warmup_fraction: float = 0.1
-    """Fraction of the steps with linear warmup from 0."""
-    max_length: int = 128
-    """Longest tokenised example; longer pairs are truncated longest-first."""
-    dropout: float = 0.1
-    """Dropout on embeddings and sublayer outputs during fine-tuning."""
-    attention_dropout: float = 0.1
-    """Dropout on attention probabilities during fine-tuning."""
-    classifier_dropout: float = 0.1
-    """Dropout before the classifier."""
-    pooler: Literal["cls_tanh", "cls", "mean"] = "cls_tanh"
-    """Pooling of the encoder output (dense+tanh on [CLS], raw [CLS], or the mean)."""
-    pooler_size: int | None = 1024
-    """Width of the cls_tanh pooler; None = the model's hidden size (BERT)."""
-    grad_clip: float | None = None
-    """Clip the gradient norm to this value; None = no clipping."""
-    max_train_examples: int | None = None
-    """Use a fixed random subset of this many training examples (same for every seed)."""
-    max_eval_examples: int | None = None
-    """Evaluate on a fixed random subset of each dev set (scores then differ from the full dev)."""
-    length_grouping: bool = True
-    """Group examples of similar length into batches (within shuffled chunks of 50 batches)."""
-    eval_batch_size: int = 64
-    """Examples per evaluation batch."""
-    checkpoint_every: int = 500
-    """Save the resumable training state every this many steps (and at the end of training)."""
-
-    def __post_init__(self) -> None:
-        problems = _problems(dataclasses.asdict(self))
-        if problems:
-            raise FinetuneError("invalid fine-tuning settings:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _problems(v: dict[str, Any]) -> list[str]:
-    out = []
-    for name in ("epochs", "lr", "eps"):
-        if not v[name] > 0:
-            out.append(f"{name}: must be > 0, got {v[name]}")
-    for name in ("batch_size", "max_length", "eval_batch_size", "checkpoint_every"):
-        if v[name] < 1:
-            out.append(f"{name}: must be >= 1, got {v[name]}")
-    for name in ("beta1", "beta2", "dropout", "attention_dropout", "classifier_dropout", "warmup_fraction"):
-        if not 0 <= v[name] < 1:
-            out.append(f"{name}: must be in [0, 1), got {v[name]}")
-    for name in ("max_train_examples", "max_eval_examples", "pooler_size"):
-        if v[name] is not None and v[name] < 1:
-            out.append(f"{name}: must be >= 1 or none, got {v[name]}")
-    if v["max_length"] < 3:
-        out.append(f"max_length: must leave room for [CLS] and [SEP], got {v['max_length']}")
-    return out
-
-
-PROTOCOLS: dict[str, FinetuneSettings] = {
-    "sane": FinetuneSettings(),
-    "bert": FinetuneSettings(epochs=3.0, batch_size=32, lr=2e-5, beta2=0.999, weight_decay=0.01,
-                             schedule="linear", pooler_size=None, grad_clip=1.0),
-}  # fmt: skip
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """A CLI/JSON value for field ``name`` in the field's type; raises ValueError."""
-    hint = typing.get_type_hints(FinetuneSettings)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
-        return None
-    if value is None:
-        if optional:
-            return None
-        raise ValueError("may not be none")
-    base = args[0] if optional else hint
-    if typing.get_origin(base) is Literal:
-        if value not in typing.get_args(base):
-            raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(base)))}")
-        return value
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
-            return str(value).lower() in ("true", "1", "yes")
-        raise ValueError("expected true or false")
-    if base is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError("expected an integer")
-        return int(value)
-    if base is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value)
-    return value
-
-
-def resolve_settings(
-    tasks: Sequence[GlueTask],
-    protocol: str = "sane",
-    overrides: dict[str, Any] | None = None,
-    task_overrides: dict[str, dict[str, Any]] | None = None,
-    where: str = "settings",
-) -> dict[str, FinetuneSettings]:
-    """Settings per task: the protocol, then ``overrides`` for every task, then the task's own
-    ``task_overrides``. Every unknown key, bad value and unknown task is reported at once."""
-    if protocol not in PROTOCOLS:
-        raise FinetuneError(f"{where}: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
-    problems: list[str] = []
-
-    def clean(values: dict[str, Any], label: str) -> dict[str, Any]:
-        out = {}
-        for k, v in values.items():
-            if k not in fields:
-                problems.append(f"{label}: unknown setting {k!r} (known: {', '.join(sorted(fields))})")
-                continue
-            try:
-                out[k] = _coerce(k, v)
-            except (ValueError, TypeError) as e:
-                problems.append(f"{label}: {k}={v!r}: {e}")
-        return out
-
-    common = clean(overrides or {}, "all tasks")
-    per_task = {}
-    for name, values in (task_overrides or {}).items():
-        key = name.lower().replace("-", "")
-        if key not in TASKS:
-            problems.append(f"unknown task {name!r} in per-task settings (known: {', '.join(TASKS)})")
-            continue
-        per_task[key] = clean(values, key)
-    result = {}
-    for t in tasks:
-        values = {**dataclasses.asdict(PROTOCOLS[protocol]), **common, **per_task.get(t.name, {})}
-        problems += [f"{t.name}: {p}" for p in _problems(values)]
-        if not problems:
-            result[t.name] = FinetuneSettings(**values)
-    if problems:
-        raise FinetuneError(f"invalid {where}:\n" + "\n".join(f"  - {p}" for p in problems))
-    return result
-
-
-def load_settings_file(path: str | Path) -> dict[str, Any]:
-    """A JSON settings file: ``{"protocol": "sane", "all": {...}, "tasks": {"rte": {...}}}``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FinetuneError(f"{path}: cannot read the settings file as JSON: {e}") from e
-    unknown = set(data) - {"protocol", "all", "tasks"}
-    if not isinstance(data, dict) or unknown:
-        raise FinetuneError(f"{path}: unknown key(s) {sorted(unknown)}; expected protocol, all, tasks")
-    return data
-
 
 # --------------------------------------------------------------------------------------------
 # Data: tokenisation, length-grouped batches, dynamic padding
@@ -359,15 +190,6 @@ STATE_DIR = "states"
 RESULT_NAME = "result.json"
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over every tensor of the state dict (names and bytes): equal digests = equal weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 class _Interrupted(Exception):
     """Raised by the test hook ``stop_after_steps`` to simulate a kill."""
 
@@ -403,8 +225,6 @@ def finetune_run(
     FFF implementation to train with (``auto``: the fastest trainable one). ``stop_after_steps``
     (tests) stops the run after that many optimizer steps in this call, as a kill would.
     """
-    from ultracram.data.tokenizer import load_tokenizer
-
     if fabric is None:
         device = torch.device(device)
         fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
@@ -478,7 +298,7 @@ def finetune_run(
 
     start = time.perf_counter()
     net = for_inference(raw_module(model))  # eval mode, FFF layers on the inference kernels
-    digest = weights_digest(net)
+    digest = sha256_tensors(net.state_dict())  # equal digests = equal weights
     with fabric.autocast():
         scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
                                     pad_id) for d in devs}  # fmt: skip
@@ -493,21 +313,12 @@ def finetune_run(
 
 
 def _check_run_identity(run_dir: Path, ident: dict[str, Any]) -> None:
-    path = run_dir / "run.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != ident:
-            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            if "settings" in diff:
-                diff += [
-                    f"settings.{k}"
-                    for k in ident["settings"]
-                    if old["settings"].get(k) != ident["settings"][k]
-                ]
-            raise FinetuneError(f"{run_dir} holds a run with other {', '.join(diff)}; use another --out "
-                                "or delete that directory to start over")  # fmt: skip
-    else:
-        atomic_write_text(path, json.dumps(ident, indent=2) + "\n")
+    """``run_dir/run.json`` records what the run is; a different run there is refused."""
+    try:
+        check_same_run(run_dir / "run.json", ident, what="fine-tuning run",
+                       hint="use another --out or delete that directory to start over")  # fmt: skip
+    except RunMismatchError as e:
+        raise FinetuneError(str(e)) from e
 
 
 @torch.no_grad()
@@ -620,8 +431,6 @@ def run_glue(
     ``device`` (``cpu``, ``cuda``, ``cuda:1``; default: CUDA if there is one), ``devices`` (ranks
     that share each step's batch; DDP), ``precision`` (``auto`` or a Fabric precision) and
     ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``)."""
-    from ultracram.report.glue_table import glue_markdown
-
     if not checkpoints:
         raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
     if seeds < 1:
@@ -723,25 +532,6 @@ def iter_results(results: dict[str, Any]) -> Iterator[tuple[str, str, str, float
             if r:
                 for metric, v in r.items():
                     yield entry["label"], c.label, metric, v["median"]
-
-
-def parse_set_options(options: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``KEY=VALUE`` (every task) and ``TASK.KEY=VALUE`` (one task) -> (overrides, per task).
-    Values stay strings here; ``resolve_settings`` converts them to each field's type."""
-    common: dict[str, Any] = {}
-    per_task: dict[str, dict[str, Any]] = {}
-    bad = []
-    for opt in options:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            bad.append(opt)
-            continue
-        task, dot, field = key.rpartition(".")
-        (per_task.setdefault(task, {}) if dot else common)[field] = value
-    if bad:
-        raise FinetuneError(f"--set expects KEY=VALUE or TASK.KEY=VALUE (e.g. lr=2e-5, rte.epochs=10), "
-                            f"got {', '.join(map(repr, bad))}")  # fmt: skip
-    return common, per_task
 
 
 def run_glue_command(

@@ -1,5 +1,8 @@
 """Masked-LM pretraining on Lightning Fabric under a wall-clock or token budget.
 
+Size (~500 lines): the loop, its health recovery and its outputs (summary, final checkpoint,
+progress) are one workflow; the step, Fabric setup and training states are in ``engine.py``.
+
 Shape (litgpt's): ``pretrain(config)`` -> ``setup`` (Fabric: devices, strategy, precision)
 -> ``main`` (data, model, optimizer, resume) -> ``fit`` (the loop) -> ``validate``.
 The same code runs on CPU, one GPU, DDP / FSDP over several GPUs and several nodes: Fabric's
@@ -17,10 +20,11 @@ Recipes (``recipe="auto"`` picks by preset):
   weight decay 0.01, clipping 1.0, linear warmup over 1% of the budget then linear decay,
   batch 256, 15% masking (the preset's mask_rate).
 
-All resumable state lives in one dict (``_train_state``): model, optimizer, schedule (the
-learning-rate scale the health check lowers), progress (step, data position, tokens, elapsed
-budget, recoveries) and RNG states. Side effects (files, prints) happen on rank zero only.
-Precision, compile and distribution are decided in ``setup`` and nowhere else.
+All resumable state is one training state in the engine's layout (``engine.save_state``):
+model, optimizer, progress (step, data position, tokens, elapsed budget, the learning-rate scale
+the health check lowers, recoveries), RNG states and the settings. Side effects (files, prints)
+happen on rank zero only. Precision, compile, distribution and the FFF implementation are
+applied by the engine (``setup_fabric``, ``prepare``) and nowhere else.
 """
 
 from __future__ import annotations
@@ -107,13 +111,26 @@ class FaultInjection:
         return False
 
 
-def pretrain(config: PretrainConfig, *, resume: bool = False, faults: FaultInjection | None = None) -> dict:
+# A live monitor, e.g. ``ultracram.doctor.monitors.Monitor``: built as ``factory(model, every=N)``,
+# told ``on_step(step, model, loss) -> findings`` after each step, then ``summary()`` and ``close()``.
+# It is passed in (the CLI passes the doctor's), so training does not import the doctor.
+MonitorFactory = Callable[..., Any]
+
+
+def pretrain(
+    config: PretrainConfig, *, resume: bool = False, faults: FaultInjection | None = None,
+    monitor: MonitorFactory | None = None,
+) -> dict:  # fmt: skip
     """Run (or, with ``resume``, continue) a pretraining run; returns the summary dict that is
-    also written to ``<out>/summary.json`` (on rank zero)."""
+    also written to ``<out>/summary.json`` (on rank zero). ``monitor``: the live monitor built
+    when ``config.monitor_every`` > 0 (``ultracram.doctor.monitors.Monitor``)."""
     config.check()
+    if config.monitor_every and monitor is None:
+        raise PretrainError("monitor_every is set but no monitor was given: pass "
+                            "monitor=ultracram.doctor.monitors.Monitor (the CLI does)")  # fmt: skip
     config = resolve_recipe(config)
     fabric = setup(config)
-    return fabric.launch(main, config, resume, faults)
+    return fabric.launch(main, config, resume, faults, monitor)
 
 
 def setup(config: PretrainConfig):
@@ -135,7 +152,9 @@ class Progress:
     recoveries: int = 0
 
 
-def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None) -> dict:
+def main(
+    fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None, monitor_factory: MonitorFactory | None
+) -> dict:  # fmt: skip
 
     out = Path(config.out)
     states_dir = out / "states"
@@ -176,11 +195,9 @@ def main(fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | 
                                tensorboard=config.tensorboard, wandb=config.wandb,
                                run_config=config.to_dict())  # fmt: skip
     monitor = None
-    if config.monitor_every and fabric.global_rank == 0:
-        from ultracram.doctor.monitors import Monitor
-
+    if config.monitor_every and monitor_factory is not None and fabric.global_rank == 0:
         # Hooks on rank zero only: they observe activations and never change the computation.
-        monitor = Monitor(raw_module(model), every=config.monitor_every)
+        monitor = monitor_factory(raw_module(model), every=config.monitor_every)
     try:
         fit(fabric, config, budget, model, optimizer, shards, model_config, progress, logger, faults, monitor)
         val_loss = validate(fabric, config, model, shards, model_config)
@@ -460,12 +477,12 @@ class _ProgressBar:
         self.display.close()
 
 
-def run_from_args(args) -> dict:
+def run_from_args(args, monitor: MonitorFactory | None = None) -> dict:
     """Entry point of ``ultracram pretrain``."""
     config, resume = config_from_args(args)
     if not config.data:
         raise PretrainError("--data is required: a directory made by `ultracram data prepare`")
-    return pretrain(config, resume=resume)
+    return pretrain(config, resume=resume, monitor=monitor)
 
 
 __all__ = [

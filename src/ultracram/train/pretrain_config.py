@@ -167,7 +167,7 @@ class PretrainConfig:
         if self.devices != "auto" and not str(self.devices).isdigit():
             problems.append(f"devices: expected a number or 'auto', got {self.devices!r}")
         if self.fff_implementation != "auto":
-            from ultracram.kernels import FFF_IMPLEMENTATIONS
+            from ultracram.kernels import FFF_IMPLEMENTATIONS  # numba: not on `ultracram --help`'s path
 
             if self.fff_implementation not in FFF_IMPLEMENTATIONS:
                 problems.append(f"fff_implementation: unknown {self.fff_implementation!r}; known: "
