@@ -184,6 +184,7 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_int_list, default=None, help="comma list (default: all cores)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per point (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="batches 1,4 and 0.2 s per point")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     p.add_argument("--out", default="out/bench/model.json", help="JSON output (default: %(default)s)")
 
     def run(args: argparse.Namespace) -> None:
@@ -191,7 +192,8 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
 
         batches = args.batches or ([1, 4] if args.quick else [1, 32])
         bench_model(batches, seq_len=args.seq_len, threads=args.threads, preset=args.preset,
-                    baseline=args.baseline, min_time=0.2 if args.quick else args.min_time, out=args.out)  # fmt: skip
+                    baseline=args.baseline, min_time=0.2 if args.quick else args.min_time, out=args.out,
+                    device=args.device)  # fmt: skip
 
     p.set_defaults(func=run)
 
@@ -240,6 +242,8 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--fff-paths", default="masked,gather,conditional",
                    help="FFF training paths to time for FFF presets (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="find the largest micro batch that fits by doubling --batch-size up to this (0: off)")  # fmt: skip
     p.add_argument("--out", default="out/bench/train.json", help="JSON output (default: %(default)s)")
 
     def run(args: argparse.Namespace) -> None:
@@ -248,7 +252,7 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
         bench_train(presets=args.presets.split(",") if args.presets else None, full=args.full, steps=args.steps,
                     warmup=args.warmup, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
                     precision=args.precision, compile=args.compile, fff_paths=tuple(args.fff_paths.split(",")),
-                    out=args.out)  # fmt: skip
+                    max_batch=args.max_batch, out=args.out)  # fmt: skip
 
     p.set_defaults(func=run)
 
@@ -561,6 +565,34 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 COMMANDS += [_add_import, _add_export]
 COMMANDS += [_add_tokenizer, _add_data]
 COMMANDS += [_add_study]
+
+
+def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "selfcheck",
+        help="check and measure every GPU path in one command (scripts/gpu_check.sh); --device cpu --tiny: dry run",
+        description="Runs, each as a subprocess with its own time limit (a failure or time-out is recorded and "
+        "the next step runs): env, pytest -m gpu, bench ffn, bench model, bench fff-train (bf16), bench train "
+        "--full (bf16-mixed, largest micro batch that fits), the same with --compile for crammed-bert and "
+        "ultrafastbert-1x11, and an end-to-end pretrain (killed and resumed) + GLUE RTE. Writes OUT/selfcheck.json "
+        "(every figure), OUT/summary.md (printed at the end), OUT/logs/STEP.log and the benchmarks' JSON and "
+        "plots. About 8 minutes on one H100/H200. See docs/gpu.md.",
+    )
+    p.add_argument("--out", required=True, help="directory for every result (created)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="(default: %(default)s)")
+    p.add_argument("--tiny", action="store_true", help="tiny presets, seconds per step (the CPU dry run)")
+    p.add_argument("--only", default=None, help="comma list of steps: env,pytest,ffn,model,fff-train,train,"
+                   "train-compile,e2e (default: all)")  # fmt: skip
+
+    def run(args: argparse.Namespace) -> None:
+        from ultracram.selfcheck import run_selfcheck
+
+        run_selfcheck(args.out, device=args.device, tiny=args.tiny, only=args.only.split(",") if args.only else None)
+
+    p.set_defaults(func=run)
+
+
+COMMANDS += [_add_selfcheck]
 
 
 def _add_doctor(sub: argparse._SubParsersAction) -> None:

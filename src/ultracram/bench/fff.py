@@ -219,22 +219,25 @@ def bench_model(
     min_time: float = 1.0,
     out: str | Path | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Throughput of a whole encoder (hidden states; no MLM head) on CPU: ``preset`` through
-    ``for_inference`` vs the same weights through the masked reference vs ``baseline``.
+    """Throughput of a whole encoder (hidden states; no MLM head) on ``device`` (CPU, or CUDA
+    where the fast path is the Triton kernel): ``preset`` through ``for_inference`` vs the same
+    weights through the masked reference vs ``baseline``.
 
     The fast model's hidden states are checked against the reference's in the same run:
     ``max_relative_error`` over all hidden states, and ``tokens_off`` counts tokens whose
     hidden state differs by more than 1e-4 of the scale (a routing decision flipped by a
     logit within rounding of zero; see kernels/cpu.py).
     """
-    threads = list(threads or [all_threads()])
+    threads = list(threads or [all_threads()]) if device == "cpu" else [all_threads()]
     torch.manual_seed(seed)
-    fast = build_model(get_preset(preset), task="encoder").eval()
-    reference = build_model(get_preset(preset), task="encoder").eval()
+    fast = build_model(get_preset(preset), task="encoder").eval().to(device)
+    reference = build_model(get_preset(preset), task="encoder").eval().to(device)
     reference.load_state_dict(fast.state_dict())
     for_inference(fast)
-    base = build_model(get_preset(baseline), task="encoder").eval()
+    base = build_model(get_preset(baseline), task="encoder").eval().to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     models = {"fff_fast": fast, "fff_masked": reference, baseline: base}
     vocab = fast.config.vocab_size
     results, ratios, checks = [], [], []
@@ -242,7 +245,7 @@ def bench_model(
     for n_threads in threads:
         set_num_threads(n_threads)
         for batch in batches:
-            ids = torch.randint(5, vocab, (batch, seq_len))
+            ids = torch.randint(5, vocab, (batch, seq_len)).to(device)
             with torch.no_grad():
                 got, ref = fast(ids), reference(ids)
                 scale = ref.abs().max()
@@ -250,7 +253,8 @@ def bench_model(
                 checks.append({"threads": n_threads, "batch": batch,
                                "max_relative_error": float(diff.max() / scale),
                                "tokens_off": int((diff > 1e-4 * scale).sum()), "tokens": batch * seq_len})  # fmt: skip
-                timed = {name: (lambda model=model, ids=ids: model(ids)) for name, model in models.items()}
+                # Each call waits for the device, so a wall-clock time covers the kernels (CUDA is async).
+                timed = {name: (lambda model=model, ids=ids: (model(ids), sync())) for name, model in models.items()}
                 times = time_calls(timed, min_time, min_rounds=2)
                 for name, t in times.items():
                     results.append({"threads": n_threads, "batch": batch, "seq_len": seq_len, "model": name,
@@ -269,7 +273,7 @@ def bench_model(
     set_num_threads(all_threads())
     report = {
         "benchmark": "model",
-        "config": {"preset": preset, "baseline": baseline, "seq_len": seq_len, "batches": list(batches),
+        "config": {"preset": preset, "baseline": baseline, "seq_len": seq_len, "batches": list(batches), "device": device,
                    "dtype": "float32", "min_time_s": min_time, "output": "encoder hidden states",
                    "timing": "interleaved rounds; min over rounds, median recorded"},
         "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},

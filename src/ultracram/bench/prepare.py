@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ultracram.data.corpus import find_text_files, iter_file_documents
 from ultracram.data.tokenizer import train_tokenizer_files
+from ultracram.errors import optional_import
 
 
-def _tree_rss(proc: psutil.Process) -> int:
+def _tree_rss(proc) -> int:
+    """RSS of ``proc`` (a ``psutil.Process``) and its children, bytes."""
+    psutil = optional_import("psutil", "bench prepare (memory of the process tree)")
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # a worker that just exited
@@ -42,6 +43,7 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 def run_measured(cmd: list[str], poll_s: float = 0.1) -> dict[str, Any]:
     """Run ``cmd``; wall seconds and peak RSS (bytes) of its process tree."""
+    psutil = optional_import("psutil", "bench prepare (memory of the process tree)")
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)

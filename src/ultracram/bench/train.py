@@ -49,11 +49,16 @@ def bench_train(
     precision: str = "auto",
     compile: bool = False,
     fff_paths: tuple[str, ...] = ("masked", "gather", "conditional"),
+    max_batch: int = 0,
     out: str | Path | None = "out/bench/train.json",
 ) -> dict[str, Any]:
     """Measure every preset (default: the tiny ones, plus the full ones with ``full``) and
     write a JSON report; returns it. ``steps``/``batch_size`` default to 10/32 for tiny and
-    3/8 for full-size presets. FFF presets run once per entry of ``fff_paths``."""
+    3/8 for full-size presets. FFF presets run once per entry of ``fff_paths``.
+
+    ``max_batch`` > 0: find the largest micro batch that fits, per preset and path, by doubling
+    from ``batch_size`` up to ``max_batch`` until a step runs out of device memory (one step
+    each), then measure at that size. Each result records the peak device memory (CUDA)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -71,7 +76,8 @@ def bench_train(
         n_steps = steps or (10 if small else 3)
         batch = batch_size or (32 if small else 8)
         for path in fff_paths if get_preset(name).ffn == "fff" else (None,):
-            results.append(_bench_one(fabric, name, n_steps, warmup, batch, seq_len, compile, peak, path))
+            fits = _largest_batch(fabric, name, batch, max_batch, seq_len, compile, peak, path) if max_batch else batch
+            results.append(_bench_one(fabric, name, n_steps, warmup, fits, seq_len, compile, peak, path))
             r = results[-1]
             console.print(f"{_shown(r)}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")
     _add_ratios(results)
@@ -134,6 +140,22 @@ def _add_ratios(results: list[dict[str, Any]]) -> None:
             r["vs_crammed"] = r["tokens_per_s"] / crammed["tokens_per_s"]
 
 
+def _largest_batch(fabric, name: str, start: int, cap: int, seq_len: int, compile: bool, peak: float,
+                   fff_path: str | None) -> int:  # fmt: skip
+    """The largest micro batch in start, 2*start, ... <= cap whose training step fits in memory."""
+    fits, batch = start, start
+    while batch <= cap:
+        try:
+            _bench_one(fabric, name, 1, 1, batch, seq_len, compile, peak, fff_path)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if fabric.device.type == "cuda":
+                torch.cuda.empty_cache()
+        fits, batch = batch, batch * 2
+    return fits
+
+
 def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: int, compile: bool,
                peak: float, fff_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     config = get_preset(name, max_seq_len=max(seq_len, get_preset(name).max_seq_len))
@@ -155,6 +177,9 @@ def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: 
     def step() -> None:  # the step ultracram pretrain takes (engine.train_step), one micro batch
         engine.train_step(fabric, model, optimizer, data, grad_clip=recipe["grad_clip"], lr=recipe["lr"])
 
+    cuda = fabric.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(fabric.device)
     for _ in range(warmup):
         step()
     synchronize(fabric.device)
@@ -167,7 +192,8 @@ def _bench_one(fabric, name: str, steps: int, warmup: int, batch: int, seq_len: 
     flops = 3 * flops_per_token(config, seq_len)["total"] * tokens_per_s
     return {"preset": name, "fff_path": fff_path, "parameters": params, "batch_size": batch, "steps": steps,
             "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "flops_per_s": flops,
-            "mfu": flops / peak if peak else float("nan")}  # fmt: skip
+            "mfu": flops / peak if peak else float("nan"), "compile": compile,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(fabric.device) / 1e9 if cuda else None}  # fmt: skip
 
 
 __all__ = ["FULL_PRESETS", "bench_train", "tiny_presets"]

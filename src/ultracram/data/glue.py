@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from ultracram.errors import UltracramError
+from ultracram.errors import UltracramError, optional_import
 
 Metric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
 
@@ -263,8 +263,7 @@ def load_glue_hf(
     from the hub, which needs the network. ``split`` uses glue_data names (``dev``,
     ``dev_matched``, ...); HF's names (``validation``, ...) work too.
     """
-    import datasets
-
+    datasets = optional_import("datasets", "loading GLUE through Hugging Face datasets")
     task = get_task(task) if isinstance(task, str) else task
     hf_split = HF_SPLITS.get(split, split)
     if data_files is None:

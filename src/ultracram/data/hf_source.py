@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ultracram.errors import DataError
+from ultracram.errors import DataError, optional_import
 from ultracram.fileio import atomic_write, atomic_write_text
 
 _BLANK_LINES = re.compile(r"\n\s*\n+")
@@ -44,8 +44,7 @@ def export_hf_dataset(
     document stays one block. Raises ``DataError`` naming the dataset when it cannot be
     loaded, has no such column, or yields no text.
     """
-    import zstandard
-
+    zstandard = optional_import("zstandard", "data prepare --hf-dataset (it stores the text zstd-compressed)")
     path = hf_source_path(directory, name, config, split)
     meta_path = path.with_name(path.name + ".json")
     ident = {"name": name, "config": config, "split": split, "column": column, "data_files": data_files,

@@ -16,7 +16,7 @@ import lzma
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ultracram.errors import DataError
+from ultracram.errors import DataError, optional_import
 
 COMPRESSED = (".xz", ".gz", ".zst")
 TEXT_SUFFIXES = (".txt", ".text", ".raw")
@@ -86,8 +86,7 @@ def _open_binary(path: Path, counter: _CountingReader) -> io.BufferedIOBase:
     if name.endswith(".gz"):
         return io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=1 << 20)
     if name.endswith(".zst"):
-        import zstandard
-
+        zstandard = optional_import("zstandard", f"reading {name} (zstd-compressed)")
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered), buffer_size=1 << 20)
     return buffered
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ultracram.errors import optional_import
 from ultracram.fileio import atomic_write
 
 CSV_COLUMNS = [
@@ -48,14 +49,8 @@ class MetricsLogger:
                 self.tb = None
         self.wandb = None
         if wandb:
-            try:
-                import wandb as wb
-
-                self.wandb = wb.init(
-                    project="ultracram", dir=str(directory), config=run_config, resume="allow"
-                )
-            except ImportError:
-                self.wandb = None
+            wb = optional_import("wandb", "--wandb (logging to Weights & Biases)")
+            self.wandb = wb.init(project="ultracram", dir=str(directory), config=run_config, resume="allow")
 
     def truncate(self, step: int) -> None:
         """Drop the rows after ``step`` (a resume or a health rollback replays them). The CSV is

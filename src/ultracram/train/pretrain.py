@@ -45,6 +45,7 @@ from ultracram.checkpoint import save_checkpoint
 from ultracram.config import ModelConfig, get_preset
 from ultracram.data.corpus import TokenShards
 from ultracram.data.mlm import mlm_batch
+from ultracram.errors import optional_import
 from ultracram.fileio import atomic_write_text
 from ultracram.model import build_model, flops_per_token
 from ultracram.progress import ProgressDisplay, hms
@@ -125,6 +126,8 @@ def pretrain(
     also written to ``<out>/summary.json`` (on rank zero). ``monitor``: the live monitor built
     when ``config.monitor_every`` > 0 (``ultracram.doctor.monitors.Monitor``)."""
     config.check()
+    if config.wandb:  # before any file is written: a missing package must not leave a half-started run
+        optional_import("wandb", "--wandb (logging to Weights & Biases)")
     if config.monitor_every and monitor is None:
         raise PretrainError("monitor_every is set but no monitor was given: pass "
                             "monitor=ultracram.doctor.monitors.Monitor (the CLI does)")  # fmt: skip
