@@ -117,3 +117,56 @@ def test_overwrite_is_atomic_and_keeps_a_valid_checkpoint(saved):
         model.encoder.final_norm.weight.fill_(2.0)
     save_checkpoint(model, path)
     assert torch.all(load_checkpoint(path).encoder.final_norm.weight == 2.0)
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(saved):
+    from safetensors.torch import load_file, save_file
+
+    from ultracram.fileio import sha256_file
+
+    _, path = saved
+    weights = path / "model.safetensors"
+    state = load_file(str(weights))
+    state["encoder.final_norm.weight"][3] = float("inf")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    meta = json.loads((path / "config.json").read_text())
+    meta["weights_sha256"] = sha256_file(weights)
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"safetensors: tensor encoder\.final_norm\.weight .*inf"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_tokenizer_is_verified(tmp_path):
+    from ultracram.checkpoint import load_checkpoint_tokenizer
+
+    tok = train_tokenizer(TEXT, vocab_size=60, min_frequency=1)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = build_model(get_preset("crammed-bert-tiny").replace(vocab_size=tok.get_vocab_size()), "mlm")
+    path = save_checkpoint(model, tmp_path / "ok", tokenizer_path=tmp_path / "tokenizer.json")
+    assert load_checkpoint_tokenizer(path).get_vocab_size() == tok.get_vocab_size()
+    other = train_tokenizer(["completely different words here", "and more of them"] * 20, vocab_size=50,
+                            min_frequency=1)  # fmt: skip
+    other.save(str(path / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json is not the tokenizer .* sha256"):
+        load_checkpoint_tokenizer(path)
+    # An old checkpoint (no sha256 recorded) still loads with its own tokenizer, and the
+    # vocabulary size read from the file still catches a swap.
+    meta = json.loads((path / "config.json").read_text())
+    meta["tokenizer"] = None
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"vocabulary mismatch: tokenizer .*tokenizer\.json has"):
+        load_checkpoint_tokenizer(path)
+    tok.save(str(path / "tokenizer.json"))
+    assert load_checkpoint_tokenizer(path).get_vocab_size() == tok.get_vocab_size()
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has no tokenizer\.json"):
+        load_checkpoint_tokenizer(path)
+
+
+def test_pretraining_run_directory_says_use_final(saved):
+    _, path = saved
+    run = path.parent / "run"
+    run.mkdir()
+    path.rename(run / "final")
+    with pytest.raises(CheckpointError, match=r"pretraining run directory; use .*run/final"):
+        load_checkpoint(run)

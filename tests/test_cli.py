@@ -44,3 +44,26 @@ def test_bad_arguments_exit_nonzero(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path, capsys, monkeypatch):
+    from ultracram import cli
+    from ultracram.errors import DataError
+
+    args = ["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--budget", "1-steps"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ultracram pretrain: error: ") and "nope" in err and "Traceback" not in err
+    with pytest.raises(DataError):
+        cli.main(["--debug", *args])
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    ns = parser.parse_args(["models"])
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: ns)
+    ns.func = interrupted
+    assert cli.main(["models"]) == 130
+    assert "interrupted. Files already written are kept" in capsys.readouterr().err

@@ -192,3 +192,64 @@ def test_glue_average_full_and_wnli():
     md = glue_markdown({"checkpoints": [{"label": "m", "tasks": tasks, "average": avg}], "seeds": [0],
                         "protocol": "sane", "settings": {}, "notes": []})  # fmt: skip
     assert md.splitlines()[0].endswith("| WNLI | GLUE avg |") and "MNLI-m | MNLI-mm" in md.splitlines()[0]
+
+
+def test_rerun_identity_is_the_weights_not_the_path(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from ultracram.data.glue import GlueDataError
+
+    glue = tmp_path / "glue"
+    words = ["good", "great", "fine", "bad", "awful", "poor"]
+    _write_task(
+        glue, "SST-2", "sentence\tlabel", [f"{w} film \t{int(i % 6 < 3)}" for i, w in enumerate(words * 4)]
+    )
+    common = dict(tasks="sst2", overrides={"epochs": 1, "lr": 1e-3}, log=lambda _: None)
+    first = tmp_path / "first"
+    shutil.copytree(tiny_checkpoint, first)
+    res = run_glue([f"m={first}"], [glue], tmp_path / "out", **common)
+    # The same weights at another path: the finished run is reused, nothing trains.
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    again = run_glue([f"m={moved}"], [glue], tmp_path / "out", **common)
+    assert again["checkpoints"][0]["tasks"] == res["checkpoints"][0]["tasks"]
+    # Other weights at the same path: refused before any training, the run directory untouched.
+    run_dir = tmp_path / "out" / "runs" / "m" / "sst2" / "seed-0"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    vocab = json.loads((moved / "config.json").read_text())["model"]["vocab_size"]
+    torch.manual_seed(1)
+    shutil.copyfile(moved / "tokenizer.json", tmp_path / "tok.json")
+    save_checkpoint(build_model(get_preset("crammed-bert-tiny", vocab_size=vocab), "mlm"), moved,
+                    tokenizer_path=tmp_path / "tok.json")  # fmt: skip
+    with pytest.raises(FinetuneError, match=r"seed-0 holds a finished run of other weights: the checkpoint's weights "
+                       r"changed"):  # fmt: skip
+        run_glue([f"m={moved}"], [glue], tmp_path / "out", **common)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # No file for any asked task: an error naming the tasks and the expected files, not an empty table.
+    with pytest.raises(
+        GlueDataError, match=r"no GLUE data for the asked task\(s\) cola, rte .*CoLA/train.tsv"
+    ):
+        run_glue([f"m={moved}"], [glue], tmp_path / "out2", **{**common, "tasks": "cola,rte"})
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(FinetuneError, match=r"--seeds must be an integer >= 1, got 0"):
+        run_glue([f"m={moved}"], [glue], tmp_path / "out2", **{**common, "seeds": 0})
+
+
+def test_settings_suggest_close_names(tmp_path):
+    from ultracram.train.finetune_settings import load_settings_file
+
+    with pytest.raises(FinetuneError, match=r"unknown setting 'epoch' \(did you mean 'epochs'\?\)"):
+        resolve_settings([SST2], "sane", {"epoch": 2})
+    with pytest.raises(
+        FinetuneError, match=r"unknown task 'sst' in per-task settings \(did you mean 'sst2'\?\)"
+    ):
+        resolve_settings([SST2], "sane", {}, {"sst": {"lr": 1e-4}})
+    with pytest.raises(FinetuneError, match=r"epochs: must be a finite number"):
+        resolve_settings([SST2], "sane", {"epochs": "inf"})
+    path = tmp_path / "s.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(FinetuneError, match=r"s\.json: expected a JSON object"):
+        load_settings_file(path)
+    path.write_text('{"tasks": {"rte": 3}}')
+    with pytest.raises(FinetuneError, match=r"s\.json: 'tasks' must be an object"):
+        load_settings_file(path)

@@ -144,6 +144,8 @@ def test_train_loaders_on_small_files(tmp_path):
         ("cola", "index\tsentence\n0\tHello.\n", r"CoLA/dev.tsv:1: found a header"),
         ("cola", "gj04\t2\t\tHello.\n", r"CoLA/dev.tsv:1: unknown label '2'"),
         ("stsb", "sentence1\tsentence2\tscore\na\tb\tfive\n", r"STS-B/dev.tsv:2: label 'five' is not a number"),
+        ("stsb", "sentence1\tsentence2\tscore\na\tb\t1.0\nc\td\t5.2\n", r"STS-B/dev.tsv:3: STS-B score 5.2 is outside"),
+        ("stsb", "sentence1\tsentence2\tscore\na\tb\t-1\n", r"STS-B/dev.tsv:2: STS-B score -1 is outside"),
     ],
 )  # fmt: skip
 def test_malformed_tsv(tmp_path, task, content, message):
@@ -177,6 +179,15 @@ def test_malformed_hf_and_directories(tmp_path):
         find_split("rte", "dev", [tmp_path / "nope"])
     with pytest.raises(GlueDataError, match=r"unknown GLUE task\(s\) 'sst3'"):
         parse_tasks("cola,sst3")
+    with pytest.raises(GlueDataError, match=r"'sst3' \(did you mean 'sst2'\?\)"):
+        parse_tasks("cola,sst3")
+    with pytest.raises(GlueDataError, match=r"did you mean 'mrpc'"):
+        get_task("mrcp")
+    stsb = tmp_path / "stsb" / "train-00000-of-00001.parquet"
+    stsb.parent.mkdir()
+    pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1.0, 6.0]}).to_parquet(stsb)
+    with pytest.raises(GlueDataError, match=r"train-00000-of-00001.parquet: row 1: STS-B score 6 is outside"):
+        load_split("stsb", "train", [tmp_path])
 
 
 def test_task_table():

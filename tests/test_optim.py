@@ -59,14 +59,18 @@ def test_no_decay_on_norms_biases_and_scalars():
 @pytest.mark.parametrize(
     "text, kind, amount",
     [("24h", "time", 86400), ("30m", "time", 1800), ("90s", "time", 90), ("1.5h", "time", 5400),
-     ("50M-tokens", "tokens", 50e6), ("2e6 tokens", "tokens", 2e6), ("300-steps", "steps", 300)],
+     ("50M-tokens", "tokens", 50e6), ("2e6 tokens", "tokens", 2e6), ("300-steps", "steps", 300),
+     ("1.5k-steps", "steps", 1500)],
 )  # fmt: skip
 def test_parse_budget(text, kind, amount):
     b = parse_budget(text)
     assert b.kind == kind and b.amount == amount
 
 
-@pytest.mark.parametrize("text", ["", "24", "10 parsecs", "-5m", "0-steps"])
+@pytest.mark.parametrize(
+    "text", ["", "24", "10 parsecs", "-5m", "0-steps", "1e999-steps", "1e999-tokens", "0.001-steps",
+             "2.5-tokens", "9" * 400 + "h"],
+)  # fmt: skip
 def test_bad_budget(text):
     with pytest.raises(PretrainError, match="budget"):
         parse_budget(text)

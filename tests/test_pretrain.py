@@ -159,7 +159,8 @@ def test_always_nan_loss_stops_with_a_clear_message(shards, tmp_path):
     config = _config(shards, tmp_path / "run", budget="10-steps", max_recoveries=2)
     with pytest.raises(PretrainError, match=r"training diverged: loss nan.*max_recoveries is 2") as e:
         pretrain(config, faults=FaultInjection(always_nan_loss=True))
-    assert "--lr" in str(e.value)
+    assert "--resume --lr" in str(e.value)
+    assert "--precision 32-true" not in str(e.value)  # CPU: already fp32
     assert (tmp_path / "run" / "diverged.txt").read_text().startswith("training diverged")
 
 
@@ -174,6 +175,7 @@ def test_outputs_and_final_checkpoint(shards, tmp_path):
     model = load_checkpoint(run / "final")
     assert model.config.vocab_size == 512 and model.config.ffn == "fff"
     assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
+    assert summary["status"] == "ok" and json.loads((run / "summary.json").read_text())["status"] == "ok"
     # The batch ramp grows the batch by accumulation: 4 sequences first, 8 at the end.
     from ultracram.train.metrics import read_metrics
 

@@ -5,8 +5,10 @@
 - ``model.safetensors``: the weights (tied tensors stored once);
 - ``tokenizer.json`` (optional): a copy of the tokenizer.
 
-Loading never unpickles anything, verifies the checksum, and checks every tensor name and
-shape; each failure is a ``CheckpointError`` that names the file and the problem.
+Loading never unpickles anything, verifies the checksum, checks every tensor name and shape
+and that every weight is finite; ``load_checkpoint_tokenizer`` checks that ``tokenizer.json``
+is the one the model was trained with (its recorded sha256 and its vocabulary size). Each
+failure is a ``CheckpointError`` that names the file and the problem.
 """
 
 from __future__ import annotations
@@ -121,11 +123,20 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {directory} is not a directory")
     path = directory / CONFIG_NAME
     if not path.is_file():
+        if (directory / "final" / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"checkpoint {directory} has no {CONFIG_NAME}: it looks like a pretraining run directory; "
+                f"use {directory / 'final'} (the run's final model)"
+            )
         raise CheckpointError(f"checkpoint {directory} has no {CONFIG_NAME}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path} holds a JSON {type(meta).__name__}, not an object: not an ultracram checkpoint"
+        )
     missing = [k for k in ("model", "task", "weights_sha256") if k not in meta]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an ultracram checkpoint")
@@ -177,6 +188,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{weights_path} cannot be read as safetensors (truncated or damaged?): {e}"
         ) from e
+    check_finite(state, source=str(weights_path))
 
     if meta.get("tokenizer"):
         tok = meta["tokenizer"]
@@ -188,6 +200,64 @@ def load_checkpoint(
     model = build_model(config, task, num_labels=num_labels)  # type: ignore[arg-type]
     load_weights(model, state, source=str(weights_path), partial=task != stored_task)
     return model.to(map_location)
+
+
+def check_finite(state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise a ``CheckpointError`` naming ``source`` and the first tensor holding NaN or inf
+    (a checksum only proves the file is unchanged, not that training went well)."""
+    for name, t in state.items():
+        if t.is_floating_point() or t.is_complex():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                kinds = [k for k, m in (("NaN", torch.isnan(t)), ("inf", torch.isinf(t))) if bool(m.any())]
+                raise CheckpointError(
+                    f"{source}: tensor {name} {tuple(t.shape)} holds {bad} non-finite value(s) "
+                    f"({' and '.join(kinds)}); the weights are unusable (did training diverge?)"
+                )
+
+
+def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint, checked to be the one its model was trained with.
+
+    ``tokenizer.json`` must exist and parse; when ``config.json`` records the tokenizer's sha256
+    (every checkpoint saved with a tokenizer does), the file must match it; and the vocabulary
+    size read from the file itself must equal the model's ``vocab_size`` (checkpoints that
+    predate the record are checked on the vocabulary size only). A swapped tokenizer (another
+    vocabulary) would otherwise map the text to the wrong embeddings silently.
+    """
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    record = meta.get("tokenizer")
+    if record is not None and not isinstance(record, dict):
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: 'tokenizer' must be an object or null, got {record!r}"
+        )
+    record = record or {}
+    name = record.get("file") or TOKENIZER_NAME
+    path = directory / str(name)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {name}; the checkpoint's tokenizer is needed")
+    expected = record.get("sha256")
+    if expected:
+        digest = sha256_file(path)
+        if digest != expected:
+            raise CheckpointError(
+                f"{path} is not the tokenizer this checkpoint was trained with: sha256 {digest[:12]}… does "
+                f"not match {str(expected)[:12]}… recorded in {directory / CONFIG_NAME}; restore the "
+                "checkpoint's own tokenizer.json"
+            )
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a plain Exception for any parse error
+        raise CheckpointError(f"{path} cannot be read as a tokenizers tokenizer.json: {e}") from e
+    vocab_size = (meta.get("model") or {}).get("vocab_size") if isinstance(meta.get("model"), dict) else None
+    if vocab_size is not None and tokenizer.get_vocab_size() != vocab_size:
+        raise CheckpointError(
+            f"vocabulary mismatch: tokenizer {path} has {tokenizer.get_vocab_size()} tokens but the model in "
+            f"{directory / CONFIG_NAME} has vocab_size {vocab_size}; this is not the checkpoint's tokenizer"
+        )
+    return tokenizer
 
 
 def load_weights(

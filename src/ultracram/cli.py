@@ -425,11 +425,13 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="ultracram checkpoint directory to write")
     p.add_argument("--format", default="auto", choices=["auto", "hf-bert", "cramming", "hf-ultracram"],
                    help="source format (default: %(default)s, detected from config.json)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `ultracram import` output at "
+                   "--out (a non-empty directory that is not one is always refused)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> None:
         from ultracram.interop.importer import import_checkpoint
 
-        print(import_checkpoint(args.source, args.out, format=args.format))
+        print(import_checkpoint(args.source, args.out, format=args.format, overwrite=args.overwrite))
 
     p.set_defaults(func=run)
 
@@ -446,11 +448,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="ultracram checkpoint directory")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--format", default="hf", choices=["hf"], help="output format (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `ultracram export` output at "
+                   "--out (a non-empty directory that is not one is always refused)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> None:
-        from ultracram.interop.export import export_checkpoint
+        from ultracram.interop.export import export_checkpoint, needs_remote_code
 
-        print(export_checkpoint(args.checkpoint, args.out, format=args.format))
+        out = export_checkpoint(args.checkpoint, args.out, format=args.format, overwrite=args.overwrite)
+        print(out)
+        if needs_remote_code(out):
+            print("note: not a BERT; load it with trust_remote_code=True (it ships modeling_ultracram.py)")
 
     p.set_defaults(func=run)
 
@@ -478,6 +485,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-documents", type=int, default=None, help="train on the first N documents only")
     t.add_argument("--no-lowercase", action="store_true", help="keep case")
     t.add_argument("--keep-accents", action="store_true", help="do not strip accents")
+    t.add_argument("--overwrite", action="store_true", help="replace a tokenizer.json already in --out")
 
     def run(args: argparse.Namespace) -> None:
         from ultracram.data.tokenizer import train_tokenizer_files
@@ -485,7 +493,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         path = train_tokenizer_files(args.input, args.out, args.vocab_size, lowercase=not args.no_lowercase,
                                      strip_accents=not args.keep_accents, min_frequency=args.min_frequency,
                                      max_documents=args.max_documents, limit_alphabet=args.limit_alphabet,
-                                     show_progress=True)  # fmt: skip
+                                     show_progress=True, overwrite=args.overwrite)  # fmt: skip
         print(f"wrote {path}")
 
     t.set_defaults(func=run)
@@ -527,12 +535,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    "in-process with the tokenizer's threads)")  # fmt: skip
     d.add_argument("--shard-sequences", type=int, default=65536, help="sequences per shard (default: %(default)s)")
     d.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    d.add_argument("--overwrite", action="store_true", help="replace a finished prepare with different settings "
+                   "in --out (its shards stay until the new ones are complete)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from ultracram.data.corpus import prepare_corpus
+        from ultracram.errors import DataError
+        from ultracram.fileio import check_writable_dir
 
+        check_writable_dir(args.out)  # before --hf-dataset writes OUT/hf_source
+        for flag, value, least in (("--workers", args.workers, 0), ("--shard-sequences", args.shard_sequences, 1)):
+            if value is not None and value < least:
+                raise DataError(f"{flag} must be at least {least}, got {value}")
         inputs = list(args.input)
         if args.hf_dataset:
             from ultracram.data.hf_source import export_hf_dataset
@@ -546,7 +562,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                            sort_by_length=args.sort_by_length, sort_buffer=args.sort_buffer,
                            max_token_ratio=args.max_token_ratio, workers=args.workers,
                            shard_sequences=args.shard_sequences, resume=not args.restart,
-                           show_progress=True)  # fmt: skip
+                           show_progress=True, overwrite=args.overwrite)  # fmt: skip
         c = m["counts"]
         print(f"{args.out}: {c['sequences']:,} sequences x {m['seq_len']} in {len(m['shards'])} shard(s); "
               f"{c['documents']:,} documents, {c['documents_dropped_ratio']:,} dropped by the ratio filter, "
@@ -658,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
         "scratch on a small budget, and compare them rigorously. `ultracram CMD --help` explains each command.",
     )
     parser.add_argument("--version", action="version", version=f"ultracram {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="CMD")
     for add in COMMANDS:
         add(sub)
@@ -674,7 +692,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (UltracramError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"ultracram {args.command}: interrupted. Files already written are kept; pretraining, GLUE, "
+              "data prepare and the study resume when the same command runs again.", file=sys.stderr)  # fmt: skip
+        return 130
+    except (UltracramError, OSError) as e:  # bad input, or the file system (a full disk, a permission)
+        if args.debug:
+            raise
         print(f"ultracram {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

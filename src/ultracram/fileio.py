@@ -6,6 +6,8 @@
 - A directory (a checkpoint, an export) is built in ``.<name>.tmp-<pid>``, every file in it is
   fsynced, and it is then swapped with the old one (``atomic_replace_dir``): there is no moment
   at which a crash loses both copies.
+- ``guard_output_dir`` / ``check_writable_dir`` check an output directory before any work: never
+  the source, never someone else's non-empty directory, writable.
 - ``sha256_file`` / ``sha256_bytes`` are the one checksum helper; ``check_same_run`` is the one
   "this directory holds a different run" check.
 """
@@ -26,7 +28,7 @@ from typing import IO, Any
 
 import torch
 
-from ultracram.errors import RunMismatchError
+from ultracram.errors import RunMismatchError, UltracramError
 
 _CHUNK = 1 << 20
 
@@ -295,6 +297,90 @@ def atomic_replace_dir(target: str | Path, build: Callable[[Path], None]) -> Pat
 
 
 # --------------------------------------------------------------------------------------------
+# Output directories: checked before any work, never silently replaced
+# --------------------------------------------------------------------------------------------
+
+
+def is_within(path: str | Path, directory: str | Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies inside it (both resolved first, so ``..`` and
+    symbolic links cannot hide the relation)."""
+    p, d = Path(path).resolve(), Path(directory).resolve()
+    return p == d or d in p.parents
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> None:
+    """Raise ``UltracramError`` (one line naming ``flag`` and the path) unless ``path`` is, or can
+    be created as, a directory this process may write: not a file, no file among its parents,
+    and the nearest existing ancestor writable. Creates nothing."""
+    p = Path(path)
+    if os.path.lexists(p) and not p.is_dir():
+        raise UltracramError(f"{flag} {p}: exists and is not a directory")
+    ancestor = p
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UltracramError(f"{flag} {p}: cannot be created, {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UltracramError(f"{flag} {p}: cannot be written, {ancestor} is not writable")
+
+
+def guard_output_dir(
+    out: str | Path,
+    *,
+    command: str,
+    sources: Mapping[str, str | Path] | None = None,
+    is_own_output: Callable[[Path], bool] | None = None,
+    overwrite: bool = False,
+    flag: str = "--out",
+) -> None:
+    """The one "may this command write its output directory ``out``" check, done before any work.
+
+    Refused (``UltracramError``, one line): ``out`` equal to, inside, or holding one of
+    ``sources`` (``{"--checkpoint": path}``; paths resolved first); ``out`` not writable
+    (``check_writable_dir``); an existing non-empty ``out`` that ``is_own_output`` does not
+    recognise as an earlier output of ``command``; and one it does recognise unless
+    ``overwrite`` is given.
+    """
+    out = Path(out)
+    for name, src in (sources or {}).items():
+        if is_within(out, src):
+            raise UltracramError(f"{flag} {out} is {name} {src} or inside it; writing there would destroy "
+                                 "the source: choose another directory")  # fmt: skip
+        if is_within(src, out):
+            raise UltracramError(f"{flag} {out} holds {name} {src}; replacing it would destroy the source: "
+                                 "choose another directory")  # fmt: skip
+    check_writable_dir(out, flag)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if is_own_output is not None and is_own_output(out):
+        if not overwrite:
+            raise UltracramError(f"{flag} {out} holds an earlier output of `{command}`; pass --overwrite "
+                                 "to replace it, or choose another directory")  # fmt: skip
+        return
+    raise UltracramError(f"{flag} {out} is not empty and is not an output of `{command}`; nothing was "
+                         "written: choose a new or empty directory")  # fmt: skip
+
+
+def link_or_copy_tree(src: str | Path, dst: str | Path) -> None:
+    """Recreate the file or directory ``src`` at ``dst`` with hard links (the same bytes, no
+    space used), copying (``shutil.copy2``, times kept) where the file system cannot link."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=link)
+    elif src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    else:
+        link(str(src), str(dst))
+
+
+# --------------------------------------------------------------------------------------------
 # "This directory holds a different run"
 # --------------------------------------------------------------------------------------------
 
@@ -360,10 +446,14 @@ __all__ = [
     "atomic_write_path",
     "atomic_write_text",
     "check_same_run",
+    "check_writable_dir",
     "exchange_paths",
     "fsync_dir",
     "fsync_file",
     "fsync_tree",
+    "guard_output_dir",
+    "is_within",
+    "link_or_copy_tree",
     "recover_dir",
     "sha256_bytes",
     "sha256_file",

@@ -43,8 +43,16 @@ from tokenizers import Tokenizer
 
 from ultracram.data.text import MAX_DOC_CHARS, SourceState, find_text_files, iter_file_documents
 from ultracram.data.tokenizer import load_tokenizer
-from ultracram.errors import DataError
-from ultracram.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from ultracram.errors import DataError, RunMismatchError, UltracramError
+from ultracram.fileio import (
+    atomic_replace_dir,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable_dir,
+    link_or_copy_tree,
+    sha256_bytes,
+    sha256_file,
+)
 from ultracram.progress import ProgressDisplay
 
 MANIFEST = "manifest.json"
@@ -217,6 +225,7 @@ def prepare_corpus(
     shard_sequences: int = 1 << 16,
     resume: bool = True,
     show_progress: bool = False,
+    overwrite: bool = True,
     _after_shard: Callable[[int], None] | None = None,
 ) -> dict:
     """Prepare pretraining shards from raw text; returns the manifest (also in out_dir).
@@ -229,10 +238,25 @@ def prepare_corpus(
     processes tokenise (default: all cores; 0 tokenises in this process with the tokenizer's own
     threads). With ``resume`` (default), a killed run with the same settings continues after its
     last complete shard; otherwise (or when the settings differ) it starts over.
+
+    A finished prepare already in ``out_dir`` is never removed before the new one is complete:
+    the new one is built in a temporary sibling and swapped in (other files of ``out_dir`` are
+    kept); with different settings it is replaced only with ``overwrite`` (else a
+    ``RunMismatchError`` before any work). An unwritable ``out_dir``, a ``manifest.json`` that is
+    not a prepare's, or a different ``tokenizer.json`` in a directory without one, is a
+    ``DataError`` before any work.
     """
     if seq_len < 3:
         raise DataError(f"seq_len must be at least 3 ([CLS] token [SEP]), got {seq_len}")
+    _check_numbers(workers=workers, shard_sequences=shard_sequences, batch_docs=batch_docs,
+                   batch_chars=batch_chars, sort_buffer=sort_buffer if sort_by_length else None,
+                   max_token_ratio=max_token_ratio)  # fmt: skip
     out_dir = Path(out_dir)
+    label = str(out_dir)
+    try:
+        check_writable_dir(out_dir)
+    except UltracramError as e:
+        raise DataError(str(e)) from e
     tok_path = Path(tokenizer_path)
     if tok_path.is_dir():
         tok_path = tok_path / TOKENIZER
@@ -272,145 +296,223 @@ def prepare_corpus(
         "shard_sequences": shard_sequences,
         "max_doc_chars": MAX_DOC_CHARS,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = _resume_state(out_dir, settings) if resume else None
-    _clean_dir(out_dir, keep={s["file"] for s in state["shards"]} if state else set())
-    atomic_write_text(out_dir / TOKENIZER, tok_json)
 
-    shards: list[dict] = state["shards"] if state else []
-    counts: dict[str, int] = dict(state["counts"]) if state else {}
-    for k in ("documents", "documents_encoded", "documents_dropped_ratio", "documents_dropped_duplicate", "characters",
-              "tokens_encoded", "tokens_kept", "sequences"):  # fmt: skip
-        counts.setdefault(k, 0)
-    skip_batches = state["batches_done"] if state else 0
-    packer = _Packer(seq_len, cls_id, sep_id, sort_buffer if sort_by_length else 0, dtype)
-    if state:
-        packer.carry = np.asarray(state["carry"], dtype=np.uint32)
+    def write(out_dir: Path, resume: bool) -> dict:
+        """Prepare into ``out_dir`` (resuming an unfinished run there when ``resume``)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = _resume_state(out_dir, settings) if resume else None
+        _clean_dir(out_dir, keep={s["file"] for s in state["shards"]} if state else set())
+        atomic_write_text(out_dir / TOKENIZER, tok_json)
 
-    sources: list[SourceState] = [SourceState(str(f), f.stat().st_size) for f in files]
-    total_bytes = sum(s.bytes for s in sources)
+        shards: list[dict] = state["shards"] if state else []
+        counts: dict[str, int] = dict(state["counts"]) if state else {}
+        for k in ("documents", "documents_encoded", "documents_dropped_ratio", "documents_dropped_duplicate", "characters",
+                  "tokens_encoded", "tokens_kept", "sequences"):  # fmt: skip
+            counts.setdefault(k, 0)
+        skip_batches = state["batches_done"] if state else 0
+        packer = _Packer(seq_len, cls_id, sep_id, sort_buffer if sort_by_length else 0, dtype)
+        if state:
+            packer.carry = np.asarray(state["carry"], dtype=np.uint32)
 
-    def base_manifest(complete: bool) -> dict:
-        return {
-            **settings,
-            "complete": complete,
-            "vocab_size": vocab_size,
-            "dtype": dtype.name,
-            "tokenizer": TOKENIZER,
-            "sources": [dataclasses.asdict(s) for s in sources],
-            "filters": {
-                "max_token_ratio": f"drop documents with tokens > {max_token_ratio} x characters",
-                "dedup": "exact, case/whitespace-normalised blake2b-64" if dedup else None,
-                "sort_by_length": f"shortest document first within {sort_buffer} documents"
-                if sort_by_length
-                else None,
-            },
-            "counts": dict(counts),
-            "shards": list(shards),
-        }
+        sources: list[SourceState] = [SourceState(str(f), f.stat().st_size) for f in files]
+        total_bytes = sum(s.bytes for s in sources)
 
-    def batches() -> Iterator[list[str]]:
-        seen = HashSet() if dedup else None
-        batch: list[str] = []
-        chars = 0
-        for src in sources:
-            for doc in iter_file_documents(src.path, src):
-                if seen is not None and not seen.add(normalized_hash(doc)):
-                    counts_dup[0] += 1
-                    continue
-                batch.append(doc)
-                chars += len(doc)
-                if len(batch) >= batch_docs or chars >= batch_chars:
-                    yield batch
-                    batch, chars = [], 0
-        if batch:
-            yield batch
+        def base_manifest(complete: bool) -> dict:
+            return {
+                **settings,
+                "complete": complete,
+                "vocab_size": vocab_size,
+                "dtype": dtype.name,
+                "tokenizer": TOKENIZER,
+                "sources": [dataclasses.asdict(s) for s in sources],
+                "filters": {
+                    "max_token_ratio": f"drop documents with tokens > {max_token_ratio} x characters",
+                    "dedup": "exact, case/whitespace-normalised blake2b-64" if dedup else None,
+                    "sort_by_length": f"shortest document first within {sort_buffer} documents"
+                    if sort_by_length
+                    else None,
+                },
+                "counts": dict(counts),
+                "shards": list(shards),
+            }
 
-    def bytes_done() -> int:
-        return sum(s.bytes if s.sha256 else s.pos for s in sources)
+        def batches() -> Iterator[list[str]]:
+            seen = HashSet() if dedup else None
+            batch: list[str] = []
+            chars = 0
+            for src in sources:
+                for doc in iter_file_documents(src.path, src):
+                    if seen is not None and not seen.add(normalized_hash(doc)):
+                        counts_dup[0] += 1
+                        continue
+                    batch.append(doc)
+                    chars += len(doc)
+                    if len(batch) >= batch_docs or chars >= batch_chars:
+                        yield batch
+                        batch, chars = [], 0
+            if batch:
+                yield batch
 
-    counts_dup = [0]
-    progress = _Progress(total_bytes, show_progress, out_dir)
-    next_shard = len(shards)
-    batch_index = skip_batches
-    pool = None
-    try:
-        if workers > 0:
-            pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(tok_json,)
-            )
-        else:
-            _init_worker(tok_json)
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        def bytes_done() -> int:
+            return sum(s.bytes if s.sha256 else s.pos for s in sources)
 
-        in_flight: list = []
-        dup_at_batch: list[int] = []
+        counts_dup = [0]
+        progress = _Progress(total_bytes, show_progress, label)
+        next_shard = len(shards)
+        batch_index = skip_batches
+        pool = None
+        try:
+            if workers > 0:
+                pool = multiprocessing.get_context("spawn").Pool(
+                    workers, initializer=_init_worker, initargs=(tok_json,)
+                )
+            else:
+                _init_worker(tok_json)
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
-        def consume(result) -> None:
-            nonlocal batch_index, next_shard
-            ids, lengths, stats = result
-            for k, v in stats.items():
-                counts[k] += v
-            counts["tokens_kept"] += int(lengths.sum())
-            packer.add(ids, lengths)
-            batch_index += 1
-            counts["documents_dropped_duplicate"] = dup_at_batch.pop(0)
-            if packer.pending_rows >= shard_sequences and not packer.buffered:
-                next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
-                _write_manifest(out_dir, {**base_manifest(False), "batches_done": batch_index,
-                                          "carry": packer.carry.tolist()})  # fmt: skip
-                if _after_shard is not None:
-                    _after_shard(len(shards))
-            progress.update(bytes_done(), counts)
+            in_flight: list = []
+            dup_at_batch: list[int] = []
 
-        for b, docs in enumerate(batches()):
-            if b < skip_batches:  # already in complete shards (resume)
+            def consume(result) -> None:
+                nonlocal batch_index, next_shard
+                ids, lengths, stats = result
+                for k, v in stats.items():
+                    counts[k] += v
+                counts["tokens_kept"] += int(lengths.sum())
+                packer.add(ids, lengths)
+                batch_index += 1
+                counts["documents_dropped_duplicate"] = dup_at_batch.pop(0)
+                if packer.pending_rows >= shard_sequences and not packer.buffered:
+                    next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
+                    _write_manifest(out_dir, {**base_manifest(False), "batches_done": batch_index,
+                                              "carry": packer.carry.tolist()})  # fmt: skip
+                    if _after_shard is not None:
+                        _after_shard(len(shards))
                 progress.update(bytes_done(), counts)
-                continue
-            dup_at_batch.append(counts_dup[0])
-            if pool is None:
-                consume(_encode_batch(docs, max_token_ratio))
-                continue
-            in_flight.append(pool.apply_async(_encode_batch, (docs, max_token_ratio)))
-            while len(in_flight) >= 2 * workers:  # bounded: constant memory
-                consume(in_flight.pop(0).get())
-        while in_flight:
-            consume(in_flight.pop(0).get())
-        counts["documents_dropped_duplicate"] = counts_dup[0]
-        packer.flush_sorted()
-        if packer.pending_rows:
-            next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
-        counts["tokens_dropped_tail"] = len(packer.carry)
-        progress.update(bytes_done(), counts)  # the last shard's sequences
-    finally:
-        progress.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
 
-    counts["documents"] = sum(s.documents for s in sources)
-    if counts["sequences"] == 0:
-        names = ", ".join(s.path for s in sources)
-        raise DataError(
-            f"{names}: the corpus yields no sequences of {seq_len} tokens ({counts['documents']} documents, "
-            f"{counts['documents_dropped_ratio']} dropped by the token/character filter, "
-            f"{counts['documents_dropped_duplicate']} duplicates, {counts['tokens_kept']} tokens kept); "
-            f"expected at least {seq_len - 2} tokens of text"
+            for b, docs in enumerate(batches()):
+                if b < skip_batches:  # already in complete shards (resume)
+                    progress.update(bytes_done(), counts)
+                    continue
+                dup_at_batch.append(counts_dup[0])
+                if pool is None:
+                    consume(_encode_batch(docs, max_token_ratio))
+                    continue
+                in_flight.append(pool.apply_async(_encode_batch, (docs, max_token_ratio)))
+                while len(in_flight) >= 2 * workers:  # bounded: constant memory
+                    consume(in_flight.pop(0).get())
+            while in_flight:
+                consume(in_flight.pop(0).get())
+            counts["documents_dropped_duplicate"] = counts_dup[0]
+            packer.flush_sorted()
+            if packer.pending_rows:
+                next_shard = _flush_shard(out_dir, packer, next_shard, shards, counts)
+            counts["tokens_dropped_tail"] = len(packer.carry)
+            progress.update(bytes_done(), counts)  # the last shard's sequences
+        finally:
+            progress.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+        counts["documents"] = sum(s.documents for s in sources)
+        if counts["sequences"] == 0:
+            names = ", ".join(s.path for s in sources)
+            raise DataError(
+                f"{names}: the corpus yields no sequences of {seq_len} tokens ({counts['documents']} documents, "
+                f"{counts['documents_dropped_ratio']} dropped by the token/character filter, "
+                f"{counts['documents_dropped_duplicate']} duplicates, {counts['tokens_kept']} tokens kept); "
+                f"expected at least {seq_len - 2} tokens of text"
+            )
+        if counts["documents_dropped_ratio"] > counts["documents"] / 2:
+            # Cramming's 0.25 suits a 32k vocabulary; smaller vocabularies split words into more
+            # tokens and fail it on ordinary text, which silently shrinks the corpus.
+            print(
+                f"warning: the token/character filter dropped {counts['documents_dropped_ratio']} of "
+                f"{counts['documents']} documents (max_token_ratio {max_token_ratio}); with a "
+                f"{vocab_size}-token vocabulary ordinary text may exceed it: consider --max-token-ratio 0.5",
+                file=sys.stderr,
+            )
+        manifest = base_manifest(True)
+        manifest["counts"]["documents"] = counts["documents"]
+        manifest["tokens"] = counts["sequences"] * seq_len
+        _write_manifest(out_dir, manifest)
+        return manifest
+
+    finished = _finished_manifest(out_dir)
+    if finished is None:
+        _check_foreign_tokenizer(out_dir, tok_json)
+        return write(out_dir, resume)
+    # A finished prepare is replaced only once the new one is complete: built in a sibling
+    # directory (with every file of out_dir that is not the prepare's own linked in) and swapped.
+    changed = sorted(k for k, v in settings.items() if finished.get(k) != v)
+    if changed and not overwrite:
+        raise RunMismatchError(
+            f"{out_dir / MANIFEST} records a finished prepare with different settings ({', '.join(changed)}); "
+            "pass --overwrite to replace it (its shards stay until the new ones are complete), or choose "
+            "another --out"
         )
-    if counts["documents_dropped_ratio"] > counts["documents"] / 2:
-        # Cramming's 0.25 suits a 32k vocabulary; smaller vocabularies split words into more
-        # tokens and fail it on ordinary text, which silently shrinks the corpus.
-        print(
-            f"warning: the token/character filter dropped {counts['documents_dropped_ratio']} of "
-            f"{counts['documents']} documents (max_token_ratio {max_token_ratio}); with a "
-            f"{vocab_size}-token vocabulary ordinary text may exceed it: consider --max-token-ratio 0.5",
-            file=sys.stderr,
-        )
-    manifest = base_manifest(True)
-    manifest["counts"]["documents"] = counts["documents"]
-    manifest["tokens"] = counts["sequences"] * seq_len
-    _write_manifest(out_dir, manifest)
-    return manifest
+    made: dict[str, dict] = {}
+
+    def build(tmp: Path) -> None:
+        for entry in sorted(out_dir.iterdir()):
+            if not _is_prepare_file(entry.name):
+                link_or_copy_tree(entry, tmp / entry.name)
+        made["manifest"] = write(tmp, False)
+
+    atomic_replace_dir(out_dir, build)
+    return made["manifest"]
+
+
+def _check_numbers(**values: float | None) -> None:
+    """Each numeric setting in range, else a DataError naming its command-line flag."""
+    least = {"workers": 0, "max_token_ratio": 0}
+    for name, value in values.items():
+        if value is None:
+            continue
+        low = least.get(name, 1)
+        bad = value <= low if name == "max_token_ratio" else value < low
+        if bad:
+            flag = name if name.startswith("batch_") else "--" + name.replace("_", "-")  # not CLI flags
+            op = "greater than" if name == "max_token_ratio" else "at least"
+            raise DataError(f"{flag} must be {op} {low}, got {value}")
+
+
+def _is_prepare_file(name: str) -> bool:
+    """Whether ``name`` in an output directory is written by ``prepare_corpus`` itself."""
+    return (name in (MANIFEST, TOKENIZER) or bool(re.fullmatch(r"shard_\d{5}\.bin", name))
+            or bool(re.fullmatch(r"\..+\.tmp(-\d+)?", name)))  # fmt: skip
+
+
+def _finished_manifest(out_dir: Path) -> dict | None:
+    """The manifest of a finished prepare in ``out_dir``, or None (no manifest, or an unfinished
+    run's); a ``manifest.json`` that is not a prepare's is a DataError (it is left alone)."""
+    path = out_dir / MANIFEST
+    if not os.path.lexists(path):
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not the manifest of an `ultracram data prepare` ({e}); remove it or "
+                        "choose another --out") from e  # fmt: skip
+    if not isinstance(m, dict) or "format_version" not in m or "shards" not in m:
+        raise DataError(f"{path}: not the manifest of an `ultracram data prepare`; remove it or "
+                        "choose another --out")  # fmt: skip
+    return m if m.get("complete") else None
+
+
+def _check_foreign_tokenizer(out_dir: Path, tok_json: str) -> None:
+    """Refuse to overwrite a different ``tokenizer.json`` in a directory that holds no prepare."""
+    path = out_dir / TOKENIZER
+    if os.path.lexists(out_dir / MANIFEST) or not os.path.lexists(path):
+        return
+    try:
+        same = path.read_bytes() == tok_json.encode("utf-8")
+    except OSError:
+        same = False
+    if not same:
+        raise DataError(f"--out {out_dir} holds a different tokenizer.json and no prepared data; choose "
+                        "another --out (the tokenizer is copied there)")  # fmt: skip
 
 
 def _flush_shard(out_dir: Path, packer: _Packer, index: int, shards: list[dict], counts: dict) -> int:

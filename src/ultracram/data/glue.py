@@ -19,6 +19,7 @@ with the input is a ``GlueDataError`` naming the file, the line and what was exp
 from __future__ import annotations
 
 import csv
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,8 +113,13 @@ def get_task(name: str) -> GlueTask:
     """The task called ``name`` (case-insensitive; ``SST-2`` and ``sst2`` both work)."""
     key = name.lower().replace("-", "")
     if key not in TASKS:
-        raise GlueDataError(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
+        raise GlueDataError(f"unknown GLUE task {name!r}{_did_you_mean(key)}; known: {', '.join(TASKS)}")
     return TASKS[key]
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, list(TASKS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_tasks(spec: str | Sequence[str]) -> list[GlueTask]:
@@ -124,7 +130,8 @@ def parse_tasks(spec: str | Sequence[str]) -> list[GlueTask]:
         return list(TASKS.values())
     problems = [n for n in names if n.lower().replace("-", "") not in TASKS]
     if problems or not names:
-        raise GlueDataError(f"unknown GLUE task(s) {', '.join(map(repr, problems)) or '(none given)'}; "
+        hints = "".join(_did_you_mean(n.lower().replace("-", "")) for n in problems)
+        raise GlueDataError(f"unknown GLUE task(s) {', '.join(map(repr, problems)) or '(none given)'}{hints}; "
                             f"expected 'all' or a comma-separated list of: {', '.join(TASKS)}")  # fmt: skip
     chosen = {get_task(n).name for n in names}
     return [t for t in TASKS.values() if t.name in chosen]
@@ -189,6 +196,7 @@ def _label_id(task: GlueTask, value: str, where: str) -> int | float:
             score = math.nan
         if not math.isfinite(score):
             raise GlueDataError(f"{where}: label {value!r} is not a number; expected a similarity score")
+        _check_score(task, score, where)
         return score
     try:
         return task.tsv_labels.index(value)
@@ -197,6 +205,17 @@ def _label_id(task: GlueTask, value: str, where: str) -> int | float:
             f"{where}: unknown label {value!r} for {task.display}; expected one of "
             f"{', '.join(repr(v) for v in task.tsv_labels)}"
         ) from None
+
+
+STSB_RANGE = (0.0, 5.0)
+"""STS-B similarity scores lie in [0, 5] (Cer et al. 2017)."""
+
+
+def _check_score(task: GlueTask, score: float, where: str) -> None:
+    low, high = STSB_RANGE
+    if not low <= score <= high:
+        raise GlueDataError(f"{where}: {task.display} score {score:g} is outside [{low:g}, {high:g}]; "
+                            "expected a similarity score from 0 to 5")  # fmt: skip
 
 
 def load_glue_tsv(task: GlueTask | str, path: str | Path, split: str | None = None) -> GlueSplit:
@@ -300,9 +319,14 @@ def load_glue_hf(
     for row, value in enumerate(raw_labels):
         where = f"{source}: row {row}"
         if task.is_regression:
-            if value is None or not math.isfinite(float(value)):
+            try:
+                score = float(value)
+            except (TypeError, ValueError):
+                score = math.nan
+            if not math.isfinite(score):
                 raise GlueDataError(f"{where}: label {value!r} is not a number; expected a similarity score")
-            labels.append(float(value))
+            _check_score(task, score, where)
+            labels.append(score)
         elif isinstance(value, int | np.integer) and 0 <= value < task.num_labels:
             labels.append(int(value))
         else:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ultracram.data.text import find_text_files, iter_file_documents
-from ultracram.errors import DataError
-from ultracram.fileio import atomic_write_path
+from ultracram.errors import DataError, UltracramError
+from ultracram.fileio import atomic_write_path, check_writable_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in this order
 
@@ -92,17 +93,33 @@ def train_tokenizer_files(
     max_documents: int | None = None,
     limit_alphabet: int | None = None,
     show_progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train on text files or directories (plain, .xz, .gz, .zst), streamed document by document
     (``ultracram.data.text.iter_file_documents``), and save ``out_dir/tokenizer.json``.
 
     ``max_documents`` stops after that many documents (a quick tokenizer from a corpus prefix).
-    Returns the path of the saved file.
+    Before any work, an ``out_dir`` that cannot be written, or that already holds a
+    ``tokenizer.json`` (unless ``overwrite``), is a ``DataError``. Returns the path of the saved file.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise DataError(
             f"vocab_size must exceed {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}"
         )
+    for name, value, least in (("min_frequency", min_frequency, 0), ("max_documents", max_documents, 1),
+                               ("limit_alphabet", limit_alphabet, 1)):  # fmt: skip
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{flag} must be at least {least}, got {value}")
+    out = Path(out_dir)
+    try:
+        check_writable_dir(out)
+    except UltracramError as e:
+        raise DataError(str(e)) from e
+    path = out / "tokenizer.json"
+    if os.path.lexists(path) and not overwrite:
+        raise DataError(f"--out {out} already holds a tokenizer.json; pass --overwrite to replace it, "
+                        "or choose another directory")  # fmt: skip
     files = find_text_files(inputs)
 
     def documents() -> Iterator[str]:
@@ -117,9 +134,7 @@ def train_tokenizer_files(
     tok = train_tokenizer(documents(), vocab_size, lowercase=lowercase, strip_accents=strip_accents,
                           min_frequency=min_frequency, limit_alphabet=limit_alphabet,
                           show_progress=show_progress)  # fmt: skip
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "tokenizer.json"
     save_tokenizer(tok, path)
     return path
 

@@ -26,10 +26,12 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from ultracram.checkpoint import TOKENIZER_NAME, load_checkpoint, read_checkpoint_config, unique_state_dict
-from ultracram.fileio import atomic_replace_dir
+from ultracram.fileio import atomic_replace_dir, guard_output_dir
 from ultracram.interop.hf_bert import bert_problems, hf_bert_config, hf_state_dict_from_bert
 from ultracram.interop.weights import ConversionError
 
+MARKER = ".ultracram-export.json"
+"""Written into every export: it marks the directory as one that ``--overwrite`` may replace."""
 REMOTE_FILES = ("configuration_ultracram.py", "modeling_ultracram.py")
 _CLASSES = {"mlm": "UltracramForMaskedLM", "classification": "UltracramForSequenceClassification",
             "encoder": "UltracramModel"}  # fmt: skip
@@ -60,15 +62,34 @@ def _write_tokenizer(tokenizer: Path, out: Path, max_len: int) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf") -> Path:
+def is_export(directory: Path) -> bool:
+    """Whether ``directory`` is an earlier output of ``ultracram export`` (it holds ``MARKER``)."""
+    return (directory / MARKER).is_file()
+
+
+def needs_remote_code(directory: str | Path) -> bool:
+    """Whether the exported ``directory`` loads only with ``trust_remote_code=True`` (its
+    config.json maps the Auto classes to the bundled modeling_ultracram.py)."""
+    try:
+        return "auto_map" in json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf", *,
+                      overwrite: bool = False) -> Path:  # fmt: skip
     """Write the ultracram checkpoint ``checkpoint`` as a Hugging Face model directory ``out``.
 
     Returns ``out``. The directory is written to a temporary sibling and swapped into place
-    (``ultracram.fileio.atomic_replace_dir``).
+    (``ultracram.fileio.atomic_replace_dir``). Before any work, ``out`` is refused when it is
+    (or is inside, or holds) ``checkpoint``, cannot be written, or is a non-empty directory that
+    is not an earlier export; an earlier export (``MARKER``) is replaced only with ``overwrite``.
     """
     if format != "hf":
         raise ConversionError(f"unknown export format {format!r}; known: hf")
     checkpoint, out = Path(checkpoint), Path(out)
+    guard_output_dir(out, command="ultracram export", sources={"--checkpoint": checkpoint},
+                     is_own_output=is_export, overwrite=overwrite)  # fmt: skip
     meta = read_checkpoint_config(checkpoint)
     model = load_checkpoint(checkpoint)
     config, task = model.config, meta["task"]
@@ -94,6 +115,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})  # fmt: skip
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        marker = {"command": "ultracram export", "format": format, "checkpoint": str(checkpoint.resolve())}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if meta.get("tokenizer"):
             _write_tokenizer(
                 checkpoint / meta["tokenizer"].get("file", TOKENIZER_NAME), tmp, config.max_seq_len

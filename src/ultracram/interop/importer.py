@@ -25,6 +25,7 @@ from tokenizers import BertWordPieceTokenizer
 
 from ultracram.checkpoint import CheckpointError, load_weights, save_checkpoint, unique_state_dict
 from ultracram.config import ConfigError, ModelConfig
+from ultracram.fileio import guard_output_dir
 from ultracram.interop.cramming import config_from_cramming, state_dict_from_cramming
 from ultracram.interop.hf_bert import config_from_hf_bert, hf_state_dict_from_bert, state_dict_from_hf_bert
 from ultracram.interop.weights import ConversionError, load_foreign_state
@@ -157,7 +158,19 @@ def _tokenizer_file(directory: Path, tmp: Path) -> Path | None:
     return path
 
 
-def import_checkpoint(source: str | Path, out: str | Path, format: str = "auto") -> Path:
+def is_import(directory: Path) -> bool:
+    """Whether ``directory`` is an earlier output of ``ultracram import`` (an ultracram checkpoint
+    whose config.json records ``extra.imported_from``)."""
+    try:
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("extra"), dict) and "imported_from" in cfg["extra"]
+
+
+def import_checkpoint(
+    source: str | Path, out: str | Path, format: str = "auto", *, overwrite: bool = False
+) -> Path:
     """Convert the checkpoint directory ``source`` into an ultracram checkpoint at ``out``.
 
     Args:
@@ -167,11 +180,15 @@ def import_checkpoint(source: str | Path, out: str | Path, format: str = "auto")
         format: ``auto``, ``hf-bert``, ``cramming`` or ``hf-ultracram``.
 
     Every tensor is mapped explicitly; a missing, unused or mis-shaped tensor is a
-    ``ConversionError`` that names it.
+    ``ConversionError`` that names it. Before any work, ``out`` is refused when it is (or is
+    inside, or holds) ``source``, cannot be written, or is a non-empty directory that is not an
+    earlier import; an earlier import is replaced only with ``overwrite``.
     """
     source, out = Path(source), Path(out)
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    guard_output_dir(out, command="ultracram import", sources={"--from": source}, is_own_output=is_import,
+                     overwrite=overwrite)  # fmt: skip
     cfg = _read_config(source)
     detected = detect_format(cfg, str(source / "config.json"))
     if format != "auto" and format != detected:

@@ -189,8 +189,9 @@ def train_step(
     where C_a is the item count over all ranks: DDP averages gradients over ranks, so each micro
     batch contributes the gradient of its *global* mean loss however the items fall across ranks
     (on one rank the factor is exactly 1). Then: clip to ``grad_clip`` (None or 0: only measure),
-    and step unless the loss or the gradient norm is non-finite. Gradients are zeroed before and
-    after. ``lr`` (if given) is set on every parameter group first. ``micro_batches`` may be any
+    and step unless the loss or the gradient norm is non-finite (under fp16 loss scaling, an
+    overflow with a finite loss goes to the scaler, which skips the update and lowers the scale,
+    and counts as finite). Gradients are zeroed before and after. ``lr`` (if given) is set on every parameter group first. ``micro_batches`` may be any
     sequence, e.g. one that builds each batch on access. ``loss_hook`` / ``grad_hook`` are test
     hooks (fault injection) applied to each micro batch's loss and to the gradients before
     clipping.
@@ -218,10 +219,18 @@ def train_step(
     loss_value = float(loss_sum if world == 1 else fabric.all_reduce(loss_sum, reduce_op="sum")) / n
     norm = _clip(fabric, model, optimizer, grad_clip)
     finite = math.isfinite(loss_value) and math.isfinite(norm)
-    if finite:
+    # fp16 with loss scaling: overflowing gradients with a finite loss are the scaler's business
+    # (its step skips the update and lowers the scale), not a divergence.
+    overflow = not finite and math.isfinite(loss_value) and _loss_scaler(fabric) is not None
+    if finite or overflow:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss_value, grad_norm=norm, finite=finite, micro_batches=n)
+    return StepResult(loss=loss_value, grad_norm=norm, finite=finite or overflow, micro_batches=n)
+
+
+def _loss_scaler(fabric: Fabric):
+    """The fp16 GradScaler of Fabric's precision plugin (``16-mixed``), else None."""
+    return getattr(fabric.strategy.precision, "scaler", None)
 
 
 def _no_sync(fabric: Fabric, model: nn.Module, skip: bool):
@@ -232,10 +241,13 @@ def _no_sync(fabric: Fabric, model: nn.Module, skip: bool):
 
 
 def _clip(fabric: Fabric, model: nn.Module, optimizer, max_norm: float | None) -> float:
-    """Clip to ``max_norm`` (None or 0: only measure) and return the global gradient norm
-    (inf/nan if any gradient is non-finite; Fabric unscales fp16 gradients first)."""
+    """Clip to ``max_norm`` (None or 0: only measure) and return the global gradient norm before
+    clipping (inf/nan if any gradient is non-finite). Fabric unscales fp16 gradients first, so
+    the norm is the true one under loss scaling too."""
     if max_norm and max_norm > 0:
         return float(fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False))
+    if _loss_scaler(fabric) is not None:  # an infinite bound measures the unscaled norm, changes nothing
+        return float(fabric.clip_gradients(model, optimizer, max_norm=math.inf, error_if_nonfinite=False))
     return grad_norm(raw_module(model).parameters())
 
 

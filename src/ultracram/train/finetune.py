@@ -43,8 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ultracram.checkpoint import load_checkpoint, read_checkpoint_config
+from ultracram.checkpoint import load_checkpoint, load_checkpoint_tokenizer, read_checkpoint_config
 from ultracram.data.glue import (
+    HF_SPLITS,
     TASKS,
     GlueDataError,
     GlueSplit,
@@ -54,7 +55,6 @@ from ultracram.data.glue import (
     load_split,
     parse_tasks,
 )
-from ultracram.data.tokenizer import load_tokenizer
 from ultracram.errors import RunMismatchError
 from ultracram.fileio import atomic_write_text, check_same_run, sha256_tensors
 from ultracram.model import for_inference
@@ -224,18 +224,26 @@ def finetune_run(
     one for all runs); without it, one for ``device`` with the automatic precision. ``fff``: the
     FFF implementation to train with (``auto``: the fastest trainable one). ``stop_after_steps``
     (tests) stops the run after that many optimizer steps in this call, as a kill would.
+
+    A run is identified (``run_dir/run.json``) by the checkpoint's weights (the sha256 that its
+    config.json records and ``load_checkpoint`` verifies), the task, the seed, the settings and
+    the data sizes, not by the checkpoint's path (kept in run.json for information only): a
+    checkpoint moved elsewhere reuses its finished runs. When the checkpoint at the same path
+    now holds other weights, the run is refused with a ``FinetuneError`` naming the run
+    directory and saying that the weights changed: an old result or training state is never
+    reused for other weights, nothing there is touched, and the user chooses (another ``--out``,
+    or delete that directory to retrain). Refusing rather than retraining elsewhere keeps one
+    run directory per (checkpoint label, task, seed) and never trains for hours unasked.
     """
     if fabric is None:
         device = torch.device(device)
         fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
     run_dir = Path(run_dir)
     task = train.task
-    ident = {"checkpoint": str(Path(checkpoint).resolve()), "task": task.name, "seed": seed,
-             "settings": settings_dict(settings), "train_examples": len(train),
-             "dev_examples": {d.split: len(d) for d in devs}}  # fmt: skip
+    ident = run_identity(checkpoint, train, devs, settings, seed)
     if fabric.global_rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _check_run_identity(run_dir, ident)
+        _check_run_identity(run_dir, ident, record={"checkpoint": str(Path(checkpoint).resolve())})
     fabric.barrier()
     if (run_dir / RESULT_NAME).is_file():
         return json.loads((run_dir / RESULT_NAME).read_text())
@@ -250,7 +258,7 @@ def finetune_run(
                           "pooler_size": s.pooler_size or meta["model"]["hidden_size"]},
     )  # fmt: skip
     config = model.config
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = load_checkpoint_tokenizer(checkpoint)  # the model's own tokenizer, verified
     max_length = min(s.max_length, config.max_seq_len)
     pad_id = tokenizer.token_to_id("[PAD]")
     pad_id = config.pad_token_id if pad_id is None else pad_id
@@ -302,8 +310,8 @@ def finetune_run(
     with fabric.autocast():
         scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
                                     pad_id) for d in devs}  # fmt: skip
-    result = {**ident, "metrics": scores, "steps": total, "resumed_from_step": resumed_from,
-              "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
+    result = {"checkpoint": str(Path(checkpoint).resolve()), **ident, "metrics": scores, "steps": total,
+              "resumed_from_step": resumed_from, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
               "weights_sha256": digest, "precision": precision_name(fabric), "devices": world}  # fmt: skip
     if rank == 0:
         atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
@@ -312,13 +320,55 @@ def finetune_run(
     return result
 
 
-def _check_run_identity(run_dir: Path, ident: dict[str, Any]) -> None:
-    """``run_dir/run.json`` records what the run is; a different run there is refused."""
+RUN_RECORD = "run.json"
+WEIGHTS_KEY = "checkpoint_weights_sha256"
+
+
+def run_identity(
+    checkpoint: str | Path, train: GlueSplit, devs: Sequence[GlueSplit], settings: FinetuneSettings, seed: int
+) -> dict[str, Any]:
+    """What makes a fine-tuning run the same run: the checkpoint's weights (the sha256 recorded
+    in its config.json), task, seed, settings and data sizes; not the checkpoint's path."""
+    meta = read_checkpoint_config(checkpoint)
+    return {WEIGHTS_KEY: meta["weights_sha256"], "task": train.task.name, "seed": seed,
+            "settings": settings_dict(settings), "train_examples": len(train),
+            "dev_examples": {d.split: len(d) for d in devs}}  # fmt: skip
+
+
+def _check_run_identity(run_dir: Path, ident: dict[str, Any], record: dict[str, Any] | None = None) -> None:
+    """``run_dir/run.json`` records what the run is; a different run there is refused (and
+    when it is missing, ``ident`` is written there, with ``record`` for information)."""
+    path = run_dir / RUN_RECORD
+    hint = f"use another --out or delete {run_dir} to start over"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            stored = None  # check_same_run reports it
+        if isinstance(stored, dict) and stored.get(WEIGHTS_KEY, ident[WEIGHTS_KEY]) != ident[WEIGHTS_KEY]:
+            finished = "a finished" if (run_dir / RESULT_NAME).is_file() else "an unfinished"
+            raise FinetuneError(
+                f"{run_dir} holds {finished} run of other weights: the checkpoint's weights changed since "
+                f"(sha256 {str(stored[WEIGHTS_KEY])[:12]}… recorded in {path} for "
+                f"{stored.get('checkpoint', 'the checkpoint')}, now {ident[WEIGHTS_KEY][:12]}…); its "
+                f"result is not reused; {hint}"
+            )
+        if isinstance(stored, dict) and WEIGHTS_KEY not in stored:
+            raise FinetuneError(
+                f"{path} was written by an older ultracram that did not record the checkpoint's weights, so "
+                f"its result cannot be matched to the checkpoint; {hint}"
+            )
     try:
-        check_same_run(run_dir / "run.json", ident, what="fine-tuning run",
-                       hint="use another --out or delete that directory to start over")  # fmt: skip
+        check_same_run(path, ident, what="fine-tuning run", hint=hint, record=record)
     except RunMismatchError as e:
         raise FinetuneError(str(e)) from e
+
+
+def check_run_dir(run_dir: Path, ident: dict[str, Any], checkpoint: str | Path) -> None:
+    """``_check_run_identity`` without writing anything: refuse a run directory that holds
+    another run (``run_glue`` calls it for every run before any training)."""
+    if (run_dir / RUN_RECORD).is_file():
+        _check_run_identity(run_dir, ident, record={"checkpoint": str(Path(checkpoint).resolve())})
 
 
 @torch.no_grad()
@@ -433,26 +483,26 @@ def run_glue(
     ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``)."""
     if not checkpoints:
         raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
-    if seeds < 1:
-        raise FinetuneError(f"seeds must be >= 1, got {seeds}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise FinetuneError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise FinetuneError(f"--devices must be an integer >= 1, got {devices!r}")
+    if not glue_dirs:
+        raise FinetuneError("no GLUE directory given; pass --glue-dir DIR")
     labels = checkpoint_labels(checkpoints)
     checkpoints = [split_checkpoint_arg(c)[1] for c in checkpoints]
-    for c in checkpoints:
-        read_checkpoint_config(c)  # fail early on a bad checkpoint, before any training
+    for c in checkpoints:  # fail early on a bad checkpoint, before any training
+        read_checkpoint_config(c)
         if not (Path(c) / "tokenizer.json").is_file():
             raise FinetuneError(f"checkpoint {c} has no tokenizer.json; GLUE needs the pretraining tokenizer")
+        load_checkpoint_tokenizer(c)  # the model's own tokenizer (sha256, vocabulary size)
+        load_checkpoint(c)  # checksum, tensor names and shapes, finite weights
     chosen = parse_tasks(tasks)
     settings = resolve_settings(chosen, protocol, overrides, task_overrides)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if devices < 1:
-        raise FinetuneError(f"devices must be >= 1, got {devices}")
-    fabric = setup_fabric(dev.type, [dev.index] if dev.index is not None and devices == 1 else devices,
-                          precision=precision)  # fmt: skip
-    fabric.launch()  # with several devices: one process per device (a no-op for one)
-    if fabric.global_rank != 0:
-        log = _silent
+    dev = _parse_device(device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FinetuneError(f"--out {out} exists and is not a directory")
 
     data: dict[str, tuple[GlueSplit, list[GlueSplit]]] = {}
     full_sizes: dict[str, dict[str, int]] = {}  # examples before subsampling, per split
@@ -480,6 +530,43 @@ def run_glue(
             notes.append(f"{t.display} skipped: no dev split found")
             continue
         data[t.name] = (train, devs)
+    if not data:
+        expected = "; ".join(
+            f"{t.display}: {t.display}/train.tsv + {', '.join(f'{t.display}/{sp}.tsv' for sp in t.dev_splits)} "
+            f"or {t.name}/train-*.parquet + "
+            f"{', '.join(f'{t.name}/{HF_SPLITS.get(sp, sp)}-*.parquet' for sp in t.dev_splits)}"
+            for t in chosen
+        )
+        raise GlueDataError(
+            f"no GLUE data for the asked task(s) {', '.join(t.name for t in chosen)} in "
+            f"{', '.join(map(str, glue_dirs))} (nothing to fine-tune; each task needs a train and a dev split); "
+            f"expected {expected}"
+        )
+    # Every run directory that already holds a run must hold this one (same weights, settings):
+    # refuse before any training rather than after some runs have finished.
+    for ckpt, label in zip(checkpoints, labels, strict=True):
+        for name, (train, devs) in data.items():
+            for seed in range(seeds):
+                run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
+                check_run_dir(run_dir, run_identity(ckpt, train, devs, settings[name], seed), ckpt)
+
+    try:
+        fabric = setup_fabric(dev.type, [dev.index] if dev.index is not None and devices == 1 else devices,
+                              precision=precision)  # fmt: skip
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise FinetuneError(
+            f"cannot set up {devices} {dev.type} device(s) with precision {precision!r}: {e}"
+        ) from e
+    except Exception as e:  # Lightning's MisconfigurationException (no such device, ...)
+        if type(e).__name__ != "MisconfigurationException":
+            raise
+        raise FinetuneError(
+            f"cannot set up {devices} {dev.type} device(s) with precision {precision!r}: {e}"
+        ) from e
+    fabric.launch()  # with several devices: one process per device (a no-op for one)
+    if fabric.global_rank != 0:
+        log = _silent
+    out.mkdir(parents=True, exist_ok=True)
     for n in notes:
         log(f"note: {n}")
 
@@ -514,6 +601,29 @@ def run_glue(
         atomic_write_text(out / "results.md", glue_markdown(results))
     log(glue_markdown(results))
     return results
+
+
+def _parse_device(device: str | None) -> torch.device:
+    """``--device`` as a torch device (default: CUDA if there is one); a bad name or a CUDA
+    device on a machine without one is a ``FinetuneError``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise FinetuneError(f"--device {device!r} is not a device: expected cpu, cuda or cuda:N ({e})") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise FinetuneError(f"--device {device!r}: GLUE fine-tuning runs on cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FinetuneError(
+                f"--device {device!r}: CUDA is not available on this machine; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FinetuneError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return dev
 
 
 def _silent(message: str) -> None:

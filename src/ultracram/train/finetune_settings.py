@@ -5,7 +5,9 @@ checked (every unknown key, bad value and unknown task reported at once)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +79,12 @@ class FinetuneSettings:
 
 def _problems(v: dict[str, Any]) -> list[str]:
     out = []
+    for f in dataclasses.fields(FinetuneSettings):
+        value = v[f.name]
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{f.name}: must be a finite number, got {value}")
+    if out:
+        return out
     for name in ("epochs", "lr", "eps"):
         if not v[name] > 0:
             out.append(f"{name}: must be > 0, got {v[name]}")
@@ -154,7 +162,8 @@ def resolve_settings(
         out = {}
         for k, v in values.items():
             if k not in fields:
-                problems.append(f"{label}: unknown setting {k!r} (known: {', '.join(sorted(fields))})")
+                problems.append(f"{label}: unknown setting {k!r}{did_you_mean(k, fields)} "
+                                f"(known: {', '.join(sorted(fields))})")  # fmt: skip
                 continue
             try:
                 out[k] = _coerce(k, v)
@@ -162,12 +171,24 @@ def resolve_settings(
                 problems.append(f"{label}: {k}={v!r}: {e}")
         return out
 
+    if not isinstance(overrides or {}, dict):
+        raise FinetuneError(
+            f"{where}: settings for all tasks must be an object of KEY: VALUE, got {overrides!r}"
+        )
+    if not isinstance(task_overrides or {}, dict):
+        raise FinetuneError(
+            f"{where}: per-task settings must be an object of TASK: {{...}}, got {task_overrides!r}"
+        )
     common = clean(overrides or {}, "all tasks")
     per_task = {}
     for name, values in (task_overrides or {}).items():
-        key = name.lower().replace("-", "")
+        key = str(name).lower().replace("-", "")
         if key not in TASKS:
-            problems.append(f"unknown task {name!r} in per-task settings (known: {', '.join(TASKS)})")
+            problems.append(f"unknown task {name!r} in per-task settings{did_you_mean(key, TASKS)} "
+                            f"(known: {', '.join(TASKS)})")  # fmt: skip
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{key}: per-task settings must be an object of KEY: VALUE, got {values!r}")
             continue
         per_task[key] = clean(values, key)
     result = {}
@@ -188,10 +209,29 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FinetuneError(f"{path}: cannot read the settings file as JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise FinetuneError(f"{path}: expected a JSON object with keys protocol, all, tasks; "
+                            f"got a JSON {type(data).__name__}")  # fmt: skip
     unknown = set(data) - {"protocol", "all", "tasks"}
-    if not isinstance(data, dict) or unknown:
-        raise FinetuneError(f"{path}: unknown key(s) {sorted(unknown)}; expected protocol, all, tasks")
+    if unknown:
+        hints = "".join(did_you_mean(k, ("protocol", "all", "tasks")) for k in sorted(unknown))
+        raise FinetuneError(f"{path}: unknown key(s) {sorted(unknown)}{hints}; expected protocol, all, tasks")
+    if "protocol" in data and not isinstance(data["protocol"], str):
+        raise FinetuneError(
+            f"{path}: 'protocol' must be a string ({', '.join(PROTOCOLS)}), got {data['protocol']!r}"
+        )
+    if not isinstance(data.get("all", {}), dict):
+        raise FinetuneError(f"{path}: 'all' must be an object of KEY: VALUE, got {data['all']!r}")
+    tasks = data.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(isinstance(v, dict) for v in tasks.values()):
+        raise FinetuneError(f"{path}: 'tasks' must be an object of TASK: {{KEY: VALUE}}, got {tasks!r}")
     return data
+
+
+def did_you_mean(name: str, known) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known`` to ``name`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_set_options(options: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

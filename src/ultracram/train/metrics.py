@@ -114,6 +114,31 @@ def _parse_rows(lines: Iterable[str]) -> list[dict[str, float]]:
     return rows
 
 
+def divergence(
+    first_loss: float, final_loss: float, ln_vocab: float, val_loss: float = math.nan
+) -> str | None:
+    """Why a finished pretraining run diverged, or None when it did not.
+
+    The rule (the doctor's post-mortem thresholds, on the figures of ``summary.json``): the run
+    diverged when its final loss (mean of the last tenth of the logged rows) is non-finite, or
+    ends above its first logged loss by more than max(0.1, 5%), or ends above ln V (the loss of a
+    uniform guess over the vocabulary) by more than max(1, 25%); or when the final validation
+    loss (when measured, i.e. not NaN) is infinite or above ln V by that same margin. A run with
+    no logged rows (first and final loss NaN) is not called diverged.
+    """
+    ln_margin = ln_vocab + max(1.0, 0.25 * ln_vocab)
+    if math.isinf(final_loss) or (math.isnan(final_loss) and not math.isnan(first_loss)):
+        return f"the final training loss is {final_loss}"
+    if math.isfinite(first_loss) and final_loss > first_loss + max(0.1, 0.05 * abs(first_loss)):
+        return f"the training loss ended at {final_loss:.4g}, above its start {first_loss:.4g}"
+    if final_loss > ln_margin:
+        return (f"the training loss ended at {final_loss:.4g}, far above ln V = {ln_vocab:.3f} "
+                "(the loss of a uniform guess)")  # fmt: skip
+    if math.isinf(val_loss) or val_loss > ln_margin:
+        return f"the validation loss is {val_loss:.4g}, far above ln V = {ln_vocab:.3f} (the loss of a uniform guess)"
+    return None
+
+
 def plot_loss_curve(csv_path: Path, png_path: Path, title: str = "") -> Path | None:
     """Loss against tokens (and the learning rate on a second axis) as a small PNG."""
     rows = read_metrics(csv_path)
@@ -191,4 +216,12 @@ def memory_gb(device: torch.device) -> float:
         return math.nan
 
 
-__all__ = ["CSV_COLUMNS", "MetricsLogger", "memory_gb", "peak_flops", "plot_loss_curve", "read_metrics"]
+__all__ = [
+    "CSV_COLUMNS",
+    "MetricsLogger",
+    "divergence",
+    "memory_gb",
+    "peak_flops",
+    "plot_loss_curve",
+    "read_metrics",
+]

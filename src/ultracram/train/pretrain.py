@@ -32,12 +32,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,15 +62,24 @@ from ultracram.train.engine import (
     save_state,
     setup_fabric,
 )
-from ultracram.train.metrics import MetricsLogger, memory_gb, peak_flops, plot_loss_curve, read_metrics
+from ultracram.train.metrics import (
+    MetricsLogger,
+    divergence,
+    memory_gb,
+    peak_flops,
+    plot_loss_curve,
+    read_metrics,
+)
 from ultracram.train.optim import BudgetSchedule, accumulation_steps, build_optimizer
 from ultracram.train.pretrain_config import (
+    RESUME_CHANGEABLE,
     Budget,
     PretrainConfig,
     PretrainError,
     config_from_args,
     parse_budget,
     resolve_recipe,
+    resume_differences,
 )
 from ultracram.train.state import latest_state, state_step
 
@@ -132,8 +143,111 @@ def pretrain(
         raise PretrainError("monitor_every is set but no monitor was given: pass "
                             "monitor=ultracram.doctor.monitors.Monitor (the CLI does)")  # fmt: skip
     config = resolve_recipe(config)
+    previous = preflight(config, resume)
     fabric = setup(config)
-    return fabric.launch(main, config, resume, faults, monitor)
+    return fabric.launch(main, config, resume, faults, monitor, previous)
+
+
+# Files a run writes in its --out directory; a new run (without --resume) refuses to start where
+# any of them is, so that nothing of an earlier run is overwritten.
+RUN_OUTPUTS = ("states", "pretrain_config.json", "metrics.csv", "summary.json", "final", "diverged.txt")
+
+
+def preflight(config: PretrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Every check that can be made before a file is written, so that bad input leaves the run
+    directory as it was: ``--out`` usable, a new run not over an old one, ``--resume`` with the
+    run's own settings (``RESUME_CHANGEABLE`` may differ), the shards readable, their sequences
+    within the model's length and their token ids within the vocabulary. ``config`` has its
+    recipe resolved. Returns the settings stored with the run being resumed (None otherwise)."""
+    out = Path(config.out)
+    _check_out_dir(out)
+    states_dir = out / "states"
+    newest = latest_state(states_dir)
+    previous = None
+    if resume:
+        if newest is None:
+            raise PretrainError(f"--resume: no training state in {states_dir}; start without --resume")
+        previous = stored_settings(newest, out)
+        diffs = resume_differences(previous or {}, config)
+        if diffs:
+            raise PretrainError(
+                f"--resume: {newest} was written with other settings (stored -> new: {'; '.join(diffs)}); "
+                f"a resumed run must keep them: only {', '.join(sorted(RESUME_CHANGEABLE))} may change. "
+                f"Drop those flags (the run's settings are in {out / 'pretrain_config.json'}), or start a new "
+                "run in another --out"
+            )
+    elif newest is not None:
+        raise PretrainError(
+            f"{out} already holds a run (states in {states_dir}); pass --resume to continue it, "
+            "or choose another --out"
+        )
+    else:
+        found = [name for name in RUN_OUTPUTS if (out / name).is_file() or _nonempty_dir(out / name)]
+        if found:
+            raise PretrainError(f"{out} already holds the outputs of a run ({', '.join(found)}) and no training "
+                                "state to resume; choose another --out (or move them away)")  # fmt: skip
+    shards = TokenShards(config.data)
+    model_config_for(config, shards)
+    check_token_ids(shards)
+    return previous
+
+
+def _nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _check_out_dir(out: Path) -> None:
+    """``--out`` is a directory, or can be made one, and is writable."""
+    if out.exists() and not out.is_dir():
+        raise PretrainError(f"--out {out}: exists and is not a directory")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PretrainError(f"--out {out}: cannot be created, {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PretrainError(f"--out {out}: {existing} is not writable")
+
+
+def stored_settings(state_path: Path, out: Path) -> dict[str, Any] | None:
+    """The settings a run recorded: the ``config`` entry of its training state (read from the
+    state's header, without its tensors), else ``OUT/pretrain_config.json``; None if neither."""
+    from safetensors import safe_open
+
+    from ultracram.train import state as state_module
+
+    try:
+        with safe_open(str(state_path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[state_module._META_KEY])
+        config = state_module._decode(meta["tree"].get("config") or {}, {})
+    except Exception:  # unreadable here: restore_state reports it, naming the file
+        config = {}
+    if config:
+        return config
+    path = out / "pretrain_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check_token_ids(shards: TokenShards, chunk: int = 1 << 24) -> None:
+    """Raise ``PretrainError`` naming the shard when a token id is outside the vocabulary the
+    model is built with (the manifest's ``vocab_size``): an embedding lookup would fail (or,
+    on GPU, read garbage) mid-run. One pass over the memory-mapped shards."""
+    for entry in shards.manifest["shards"]:
+        n = int(entry["sequences"]) * shards.seq_len
+        if n == 0:
+            continue
+        path = shards.directory / entry["file"]
+        flat = np.memmap(path, dtype=shards.dtype, mode="r", shape=(n,))
+        top = max(int(flat[i : i + chunk].max()) for i in range(0, n, chunk))
+        if top >= shards.vocab_size:
+            raise PretrainError(
+                f"{path}: token id {top} is outside the vocabulary ({shards.vocab_size} ids, "
+                f"vocab_size in {shards.directory / 'manifest.json'}); the shards do not match their "
+                "manifest: prepare them again with `ultracram data prepare`"
+            )
 
 
 def setup(config: PretrainConfig):
@@ -156,8 +270,11 @@ class Progress:
 
 
 def main(
-    fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None, monitor_factory: MonitorFactory | None
+    fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None, monitor_factory: MonitorFactory | None,
+    previous: dict[str, Any] | None = None,
 ) -> dict:  # fmt: skip
+    """Data, model, optimizer, resume, loop, validation, outputs. ``previous``: the settings
+    stored with the run being resumed (``preflight``), to apply a new ``lr`` / ``precision``."""
 
     out = Path(config.out)
     states_dir = out / "states"
@@ -187,6 +304,7 @@ def main(
         progress = _restore(fabric, start, model, optimizer)
         fabric.print(f"resumed from {start} (step {progress.step}, {progress.tokens:,} tokens, "
                      f"{progress.elapsed_s / 60:.1f} min of budget used)")  # fmt: skip
+        _apply_resume_changes(fabric, config, previous or {}, progress)
     else:
         _save(fabric, states_dir, config, model, optimizer, progress)  # step 0: the rollback floor
 
@@ -213,6 +331,20 @@ def main(
             )
             monitor.close()
     return _finish(fabric, config, model, model_config, shards, progress, val_loss, budget)
+
+
+def _apply_resume_changes(
+    fabric, config: PretrainConfig, previous: dict[str, Any], progress: Progress
+) -> None:
+    """A new ``lr`` on resume replaces the learning rate the health recoveries lowered (scale back
+    to 1) and resets their count; a new precision resets the count (``RESUME_CHANGEABLE``)."""
+    if "lr" in previous and previous["lr"] != config.lr:
+        fabric.print(f"--lr {config.lr:g} (was {previous['lr']:g}, x{progress.lr_scale:.3g} after "
+                     f"{progress.recoveries} recoveries): learning rate scale and recovery count reset")  # fmt: skip
+        progress.lr_scale, progress.recoveries = 1.0, 0
+    elif "precision" in previous and previous["precision"] != config.precision and progress.recoveries:
+        fabric.print(f"--precision {config.precision} (was {previous['precision']}): recovery count reset")
+        progress.recoveries = 0
 
 
 def model_config_for(config: PretrainConfig, shards) -> ModelConfig:
@@ -353,12 +485,18 @@ def _recover(fabric, config, states_dir, model, optimizer, progress: Progress, b
     """Non-finite loss or gradient: roll back to the newest state, lower the learning rate."""
     progress.recoveries += 1
     if progress.recoveries > config.max_recoveries:
+        last_good = latest_state(states_dir)
+        lower = config.lr * progress.lr_scale * config.nan_lr_factor
+        precision = precision_name(fabric)
+        other = "" if precision == "32-true" else f" (or --precision 32-true instead of {precision})"
         report = (
             f"training diverged: loss {bad['loss']:.4g}, gradient norm {bad['grad_norm']:.4g} at step "
             f"{bad['step']} (lr {bad['lr']:.3g}); this is the {progress.recoveries}th non-finite step and "
             f"max_recoveries is {config.max_recoveries}. Each time the run rolled back to its last good "
-            f"state and multiplied the learning rate by {config.nan_lr_factor}. Try a lower --lr, "
-            "--precision 32-true, or check the data; resume from the last good state with --resume."
+            f"state and multiplied the learning rate by {config.nan_lr_factor}. Continue from the last good "
+            f"state{f' (step {state_step(last_good)})' if last_good else ''} with a lower learning rate: "
+            f"--resume --lr {lower:.3g}{other}, which resets the lowered learning rate and the recovery "
+            "count; if it fails again, check the data."
         )
         if fabric.global_rank == 0:
             (Path(config.out) / "diverged.txt").write_text(report + "\n")
@@ -442,14 +580,21 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
                         extra={"pretrain": {**summary, "config": config.to_dict()}})  # fmt: skip
         plot_loss_curve(out / "metrics.csv", out / "loss_curve.png",
                         title=f"{config.preset}: {progress.tokens / 1e6:.1f}M tokens, {budget}")  # fmt: skip
+        reason = divergence(summary["first_loss"], summary["final_loss"], summary["ln_vocab"], val_loss)
+        summary["status"] = "diverged" if reason else "ok"
+        if reason:
+            summary["divergence"] = reason
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         fabric.print(
             f"done: {progress.step} steps, {progress.tokens:,} tokens in {progress.elapsed_s / 60:.1f} min; "
             f"MLM loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} (val {val_loss:.3f}, "
             f"ln V = {summary['ln_vocab']:.3f}); model: {out / 'final'}"
         )
+        if reason:
+            fabric.print(f"DIVERGED: {reason}; the model in {out / 'final'} is not usable (try a lower --lr)")
+    status = fabric.broadcast({k: summary.get(k) for k in ("status", "divergence")}, src=0)
     fabric.barrier()
-    return summary
+    return summary if fabric.global_rank == 0 else status
 
 
 class _ProgressBar:
@@ -485,7 +630,13 @@ def run_from_args(args, monitor: MonitorFactory | None = None) -> dict:
     config, resume = config_from_args(args)
     if not config.data:
         raise PretrainError("--data is required: a directory made by `ultracram data prepare`")
-    return pretrain(config, resume=resume, monitor=monitor)
+    summary = pretrain(config, resume=resume, monitor=monitor)
+    if summary.get("status") == "diverged":
+        raise PretrainError(
+            f"training diverged: {summary.get('divergence')}; summary.json and final/ in {config.out} "
+            "were written, but the model is not usable: start a new run with a lower --lr"
+        )
+    return summary
 
 
 __all__ = [
@@ -496,6 +647,7 @@ __all__ = [
     "fit",
     "main",
     "parse_budget",
+    "preflight",
     "pretrain",
     "run_from_args",
     "setup",

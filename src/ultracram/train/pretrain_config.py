@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class PretrainConfig:
     recipe: Literal["auto", "cramming", "bert"] = "auto"
     """Optimizer / schedule / batch recipe; auto: bert for bert-* presets, cramming otherwise."""
     lr: float | None = None
-    """Peak learning rate."""
+    """Peak learning rate (a new one on --resume replaces the lowered rate of the health recoveries)."""
     beta1: float | None = None
     """AdamW beta1."""
     beta2: float | None = None
@@ -146,10 +147,24 @@ class PretrainConfig:
             parse_budget(self.budget)
         except PretrainError as e:
             problems.append(str(e))
-        for name in ("lr", "eps", "batch_size"):
+        for name in ("lr", "eps", "batch_size", "peak_flops"):
             v = getattr(self, name)
-            if v is not None and v <= 0:
+            if v is not None and not v > 0:
                 problems.append(f"{name}: must be > 0, got {v}")
+        for name in ("lr", "eps", "weight_decay", "grad_clip", "peak_flops"):
+            v = getattr(self, name)
+            if v is not None and math.isinf(v):
+                problems.append(f"{name}: must be finite, got {v}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                problems.append(f"{name}: must be >= 0, got {v}")
+        for name in ("checkpoint_every_steps", "max_recoveries", "val_batches"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("log_every_steps", "num_nodes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("beta1", "beta2", "lr_peak_at", "lr_start", "batch_ramp_until", "mask_rate"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v < 1.0:
@@ -162,10 +177,12 @@ class PretrainConfig:
             problems.append(f"monitor_every: must be >= 0, got {self.monitor_every}")
         if self.keep_last < 1:
             problems.append(f"keep_last: must be >= 1, got {self.keep_last}")
-        if self.checkpoint_every_min <= 0:
+        if not self.checkpoint_every_min > 0:
             problems.append(f"checkpoint_every_min: must be > 0, got {self.checkpoint_every_min}")
         if self.devices != "auto" and not str(self.devices).isdigit():
             problems.append(f"devices: expected a number or 'auto', got {self.devices!r}")
+        elif self.devices != "auto" and int(self.devices) < 1:
+            problems.append(f"devices: must be >= 1 (or 'auto'), got {self.devices!r}")
         if self.fff_implementation != "auto":
             from ultracram.kernels import FFF_IMPLEMENTATIONS  # numba: not on `ultracram --help`'s path
 
@@ -222,6 +239,66 @@ def resolve_recipe(config: PretrainConfig) -> PretrainConfig:
     return dataclasses.replace(config, recipe=recipe, **values)
 
 
+RESUME_CHANGEABLE: frozenset[str] = frozenset({
+    # Where the run stops and where it lives.
+    "budget", "out",
+    # What is reported and kept: logging, checkpointing, monitoring, the final validation.
+    "progress", "tensorboard", "wandb", "log_every_steps", "checkpoint_every_min", "checkpoint_every_steps",
+    "keep_last", "monitor_every", "peak_flops", "val_batches",
+    # The health policy.
+    "max_recoveries", "nan_lr_factor",
+    # How the steps are computed, not which: hardware, distribution, numerics, kernels.
+    "accelerator", "devices", "num_nodes", "strategy", "precision", "compile", "fff_implementation",
+    # The peak learning rate: the way out of a run that keeps diverging.
+    "lr",
+})  # fmt: skip
+"""The settings ``--resume`` may change; every other setting must equal the run's own.
+
+A resumed run continues one trajectory, so what defines it stays fixed: the model (preset,
+model overrides, mask rate), the data and its order (data, seed, micro_batch_size, batch_size,
+batch_ramp_until) and the optimizer and schedule shape (recipe, beta1, beta2, eps,
+weight_decay, grad_clip, schedule, lr_peak_at, lr_start). What may change:
+
+- ``budget``: extend (or shorten) the run; the schedule follows the fraction of the new budget.
+- ``out``: the run is found through it, so a moved run directory resumes.
+- reporting and bookkeeping: progress, tensorboard, wandb, log_every_steps, checkpoint_every_min,
+  checkpoint_every_steps, keep_last, monitor_every, peak_flops (the MFU denominator) and
+  val_batches (the final validation only).
+- the health policy: max_recoveries, nan_lr_factor.
+- accelerator, devices, num_nodes, strategy: a run's batches depend only on the micro batch and
+  the global batch, not on how many devices share them; precision, compile, fff_implementation:
+  how a step is computed, not what it computes (up to rounding). A new precision resets the
+  recovery count.
+- ``lr``: a new peak learning rate applies from the resumed step on; it replaces the lowered
+  learning rate of the health recoveries (lr scale back to 1) and resets their count, so a run
+  that stopped after ``max_recoveries`` can continue with a lower ``--lr``.
+"""
+
+
+def resume_differences(stored: dict[str, Any], new: PretrainConfig) -> list[str]:
+    """``name: stored -> new`` for each setting outside ``RESUME_CHANGEABLE`` that differs
+    between ``stored`` (the run's recorded settings, recipe resolved) and ``new`` (resolved
+    too). Settings a run recorded by an older version lacks are not compared; ``data`` is
+    compared as a normalised absolute path."""
+    import os
+
+    def norm(name: str, value: Any) -> Any:
+        value = json.loads(json.dumps(value))
+        if name == "data" and isinstance(value, str) and value:
+            return os.path.normpath(os.path.abspath(value))
+        return value
+
+    mine = new.to_dict()
+    diffs = []
+    for name in mine:
+        if name in RESUME_CHANGEABLE or name not in stored:
+            continue
+        a, b = norm(name, stored[name]), norm(name, mine[name])
+        if a != b:
+            diffs.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return diffs
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (keys = PretrainConfig fields)."""
     path = Path(path)
@@ -276,8 +353,13 @@ def parse_budget(text: str) -> Budget:
             f"budget: cannot parse {text!r}; expected a time (24h, 30m, 90s), a token count "
             "(50M-tokens) or a step count (300-steps)"
         )
+    if not math.isfinite(amount):
+        raise PretrainError(f"budget: must be finite, got {text!r}")
     if amount <= 0:
         raise PretrainError(f"budget: must be positive, got {text!r}")
+    if kind != "time" and amount != int(amount):
+        raise PretrainError(f"budget: a {kind} budget must be a whole number of {kind}, got {text!r} "
+                            f"({amount:g} {kind})")  # fmt: skip
     return Budget(kind, amount)  # type: ignore[arg-type]
 
 
@@ -315,7 +397,8 @@ def add_arguments(parser) -> None:
     import typing
 
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its newest training state")  # fmt: skip
+                        help="continue the run in --out from its newest training state; only the budget, lr, "
+                        "logging, checkpointing, health and device settings may differ from the run's")  # fmt: skip
     parser.add_argument("--config", metavar="FILE.json",
                         help="JSON file of settings (keys as the flags, with underscores); flags override it")  # fmt: skip
     docs, hints = field_docs(), _hints()
@@ -369,6 +452,7 @@ def config_from_args(args) -> tuple[PretrainConfig, bool]:
 
 __all__ = [
     "RECIPES",
+    "RESUME_CHANGEABLE",
     "Budget",
     "PretrainConfig",
     "PretrainError",
@@ -377,4 +461,5 @@ __all__ = [
     "load_config_file",
     "parse_budget",
     "resolve_recipe",
+    "resume_differences",
 ]
