@@ -30,7 +30,7 @@ def test_warmup_linear():
 
 def test_batch_ramp_reaches_target_at_ramp_end():
     target, micro = 8192, 128  # 64 micro batches at full size
-    assert accumulation_steps(0.0, target, micro, 0.6) == 1
+    assert accumulation_steps(0.0, target, micro, 0.6) == 8  # the ramp moves in steps of 8 micro batches
     assert accumulation_steps(0.3, target, micro, 0.6) == 32
     assert accumulation_steps(0.6, target, micro, 0.6) == 64
     assert accumulation_steps(0.9, target, micro, 0.6) == 64
@@ -38,6 +38,10 @@ def test_batch_ramp_reaches_target_at_ramp_end():
     ramp = [accumulation_steps(f / 100, target, micro, 0.6) for f in range(101)]
     assert ramp == sorted(ramp)
     assert accumulation_steps(0.5, 100, 128, 0.6) == 1  # never below one micro batch
+    # The same global batch on 1, 2, 4, 8 devices at every fraction (device-count invariance).
+    for f in range(101):
+        sizes = {w * accumulation_steps(f / 100, target, micro, 0.6, world=w) for w in (1, 2, 4, 8)}
+        assert len(sizes) == 1, (f, sizes)
 
 
 def test_no_decay_on_norms_biases_and_scalars():

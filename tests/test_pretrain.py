@@ -120,9 +120,9 @@ def test_sigkill_and_resume_is_bitwise_identical(shards, tmp_path, one_thread):
 
 
 def test_ddp_two_cpu_processes_match_one_process(shards, tmp_path):
-    common = dict(budget="5-steps", batch_size=16, batch_ramp_until=0.0, accelerator="cpu")
-    # Same global batch (16) and micro batch (4): one process accumulates 4 micro batches, two
-    # processes accumulate 2 each.
+    common = dict(budget="5-steps", batch_size=64, batch_ramp_until=0.5, accelerator="cpu", val_batches=3)
+    # Same global batch and micro batch (4), with the batch ramp on (8 micro batches, then 16):
+    # one process accumulates 8 then 16 micro batches, two processes 4 then 8 each.
     one = _config(shards, tmp_path / "one", micro_batch_size=4, devices="1", **common)
     two = _config(shards, tmp_path / "two", micro_batch_size=4, devices="2", strategy="ddp", **common)
     pretrain(one)
@@ -132,7 +132,14 @@ def test_ddp_two_cpu_processes_match_one_process(shards, tmp_path):
     assert len(a) == len(b) == 5
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
     assert a[-1] < a[0]
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["devices"] == 2
+    from ultracram.train.metrics import read_metrics
+
+    sizes = [[int(r["batch_size"]) for r in read_metrics(tmp_path / d / "metrics.csv")] for d in ("one", "two")]
+    assert sizes[0] == sizes[1] and sizes[0][0] < sizes[0][-1] == 64, sizes  # the ramp, identical
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
+    assert summaries[1]["devices"] == 2
+    # Validation covers the same val_batches micro batches however many devices share them.
+    assert abs(summaries[0]["val_loss"] - summaries[1]["val_loss"]) < 1e-5, summaries
 
 
 def test_nan_gradient_is_rolled_back_and_recovered(shards, tmp_path):
@@ -168,7 +175,7 @@ def test_outputs_and_final_checkpoint(shards, tmp_path):
     from ultracram.checkpoint import load_checkpoint
 
     summary = pretrain(_config(shards, tmp_path / "run", budget="8-steps", preset="ultrafastbert-tiny",
-                               model={**TINY, "fff_depth": 2}, tensorboard=True))  # fmt: skip
+                               model={**TINY, "fff_depth": 2}, tensorboard=True, batch_size=64))  # fmt: skip
     run = tmp_path / "run"
     for name in ("metrics.csv", "loss_curve.png", "summary.json", "pretrain_config.json", "tensorboard"):
         assert (run / name).exists(), name
@@ -176,11 +183,12 @@ def test_outputs_and_final_checkpoint(shards, tmp_path):
     assert model.config.vocab_size == 512 and model.config.ffn == "fff"
     assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
     assert summary["status"] == "ok" and json.loads((run / "summary.json").read_text())["status"] == "ok"
-    # The batch ramp grows the batch by accumulation: 4 sequences first, 8 at the end.
+    # The batch ramp grows the batch by accumulation, in steps of 8 micro batches of 4: 32
+    # sequences first, 64 at the end.
     from ultracram.train.metrics import read_metrics
 
     sizes = [r["batch_size"] for r in read_metrics(run / "metrics.csv")]
-    assert sizes[0] == 4 and sizes[-1] == 8
+    assert sizes[0] == 32 and sizes[-1] == 64
 
 
 def test_doctor_monitor_reports_live_findings(shards, tmp_path):

@@ -7,6 +7,7 @@
 """
 
 from ultracram.doctor.checks import CHECKS, CheckResult, DoctorOptions, run_checks, run_preflight
+from ultracram.doctor.postmortem import run_postmortem
 from ultracram.doctor.setup import Batch, DoctorError, RawBatch, TokenizerInfo, TrainingSetup, default_setup
 
 __all__ = [
@@ -38,8 +39,6 @@ def run_doctor(
     """``ultracram doctor``: a post-mortem of ``run_dir`` if given, else the preflight checks.
     Raises DoctorError when a preflight check FAILs, so the command exits non-zero."""
     if run_dir is not None:
-        from ultracram.doctor.postmortem import run_postmortem
-
         return run_postmortem(run_dir, out_dir)
     if only:
         unknown = [c for c in only if c not in CHECKS]

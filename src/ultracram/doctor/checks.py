@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ultracram.config import IGNORE_INDEX, masked_token_count
-from ultracram.doctor.setup import Batch, TrainingSetup
+from ultracram.doctor.setup import Batch, TrainingSetup, default_setup, parse_overrides
 from ultracram.fileio import atomic_write_text
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -734,8 +734,6 @@ def run_preflight(
     """``ultracram doctor --preset P``: build the default setup, run every check, print a table
     and write ``out_dir/doctor.json`` (and ``lr_range.png``). Returns the results."""
     from rich.console import Console
-
-    from ultracram.doctor.setup import default_setup, parse_overrides
 
     console = console or Console()
     out = Path(out_dir)

@@ -86,19 +86,31 @@ SCHEDULES = {
 }
 
 
-def accumulation_steps(fraction: float, target_batch: int, micro_batch: int, ramp_until: float) -> int:
-    """Micro-batches to accumulate at this budget fraction (cramming's batch-size ramp).
+# During the ramp the global batch grows in steps of this many per-device micro batches (or the
+# whole batch, if smaller): 1, 2, 4 and 8 devices then take exactly the same batches.
+RAMP_GRANULARITY = 8
 
-    The global batch grows linearly with the budget fraction and reaches ``target_batch``
-    sequences at ``ramp_until`` (0 disables the ramp). ``micro_batch`` is the global micro
-    batch (per-device micro batch x devices); the batch is a whole number of micro batches,
-    at least one. Small batches early make the first, fast-moving steps cheap; large ones
+
+def accumulation_steps(
+    fraction: float, target_batch: int, micro_batch: int, ramp_until: float, world: int = 1
+) -> int:
+    """Micro batches each of ``world`` devices accumulates at this budget fraction (cramming's
+    batch-size ramp).
+
+    The global batch, counted in per-device micro batches of ``micro_batch`` sequences, grows
+    linearly with the budget fraction and reaches ``target_batch`` sequences (rounded up to
+    whole micro batches) at ``ramp_until`` (0 disables the ramp). While it ramps it is rounded
+    up to a multiple of ``RAMP_GRANULARITY`` micro batches, so the batches of a run do not
+    depend on the device count (any count dividing 8 and the full batch). At least one micro
+    batch per device. Small batches early make the first, fast-moving steps cheap; large ones
     later average out gradient noise (Geiping & Goldstein 2022, sec. 4.3).
     """
     full = max(1, math.ceil(target_batch / micro_batch))
-    if ramp_until <= 0 or fraction >= ramp_until:
-        return full
-    return max(1, min(full, math.ceil(full * fraction / ramp_until)))
+    units = full
+    if ramp_until > 0 and fraction < ramp_until:
+        step = min(RAMP_GRANULARITY, full)
+        units = min(full, step * math.ceil(max(1, math.ceil(full * fraction / ramp_until)) / step))
+    return max(1, math.ceil(units / world))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -115,6 +127,7 @@ def grad_norm(parameters: Iterable[torch.Tensor]) -> float:
 
 
 __all__ = [
+    "RAMP_GRANULARITY",
     "SCHEDULES",
     "BudgetSchedule",
     "accumulation_steps",

@@ -81,7 +81,7 @@ from ultracram.train.pretrain_config import (
     resolve_recipe,
     resume_differences,
 )
-from ultracram.train.state import latest_state, state_step
+from ultracram.train.state import TrainStateError, latest_state, read_state_entry, state_step
 
 # --------------------------------------------------------------------------------------------
 # setup -> main -> fit -> validate
@@ -212,15 +212,10 @@ def _check_out_dir(out: Path) -> None:
 def stored_settings(state_path: Path, out: Path) -> dict[str, Any] | None:
     """The settings a run recorded: the ``config`` entry of its training state (read from the
     state's header, without its tensors), else ``OUT/pretrain_config.json``; None if neither."""
-    from safetensors import safe_open
-
-    from ultracram.train import state as state_module
 
     try:
-        with safe_open(str(state_path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[state_module._META_KEY])
-        config = state_module._decode(meta["tree"].get("config") or {}, {})
-    except Exception:  # unreadable here: restore_state reports it, naming the file
+        config = read_state_entry(state_path, "config") or {}
+    except TrainStateError:  # unreadable here: restore_state reports it, naming the file
         config = {}
     if config:
         return config
@@ -406,7 +401,8 @@ def fit(
         if fraction >= 1.0:
             break
         t0 = time.perf_counter()
-        accumulation = accumulation_steps(fraction, config.batch_size, micro_global, config.batch_ramp_until)
+        accumulation = accumulation_steps(fraction, config.batch_size, config.micro_batch_size,
+                                          config.batch_ramp_until, world)  # fmt: skip
         lr = config.lr * schedule(fraction) * progress.lr_scale
         # The data unit is one per-device micro batch, masked on its own: unit u is
         # mlm_batch(step=u), and micro batch a of this step on rank r is unit
@@ -533,9 +529,11 @@ def _restore(fabric, path: Path, model, optimizer) -> Progress:
 
 @torch.no_grad()
 def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelConfig) -> float:
-    """MLM loss on ``val_batches`` fixed micro batches drawn with a different seed from a step
-    range training never reaches. The shards have no held-out split, so this measures the
-    training distribution with fresh masks, not generalisation (GLUE does that)."""
+    """MLM loss on ``val_batches`` fixed micro batches (units 0 .. val_batches-1 of a seed training
+    never uses), whatever the number of devices: rank r takes units r, r + world, ...; every rank
+    runs the same number of forwards (FSDP gathers weights in each), a unit past the end
+    counting zero. The shards have no held-out split, so this measures the training
+    distribution with fresh masks, not generalisation (GLUE does that)."""
     if config.val_batches <= 0:
         return math.nan
 
@@ -543,13 +541,15 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     world = fabric.world_size
     total = torch.zeros((), device=fabric.device)
     count = torch.zeros((), device=fabric.device)
-    for i in range(config.val_batches):
-        batch = mlm_batch(shards, step=i * world + fabric.global_rank, batch_size=config.micro_batch_size,
+    for i in range(math.ceil(config.val_batches / world)):
+        unit = i * world + fabric.global_rank
+        batch = mlm_batch(shards, step=min(unit, config.val_batches - 1), batch_size=config.micro_batch_size,
                           seed=config.seed + 10_007, mask_rate=model_config.mask_rate)  # fmt: skip
         batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
         terms = model_loss(model, batch)
-        total += terms.task_loss * terms.count
-        count += terms.count
+        weight = float(unit < config.val_batches)
+        total += weight * terms.task_loss * terms.count
+        count += weight * terms.count
     model.train()
     total = fabric.all_reduce(total, reduce_op="sum")
     count = fabric.all_reduce(count.float(), reduce_op="sum")

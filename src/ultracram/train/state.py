@@ -99,6 +99,19 @@ def load_train_state(path: str | Path, map_location: str | torch.device = "cpu")
         raise TrainStateError(f"{path}: malformed training-state header: {e}") from e
 
 
+def read_state_entry(path: str | Path, key: str) -> Any:
+    """One top-level entry of a training state that holds no tensors (e.g. ``config``, the
+    settings), read from the file's header alone; None if the state has no such entry."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[_META_KEY])
+        entry = meta["tree"].get(key)
+        return None if entry is None else _decode(entry, {})
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise TrainStateError(f"{path}: cannot read the training state's {key!r} entry: {e}") from e
+
+
 def latest_state(directory: str | Path) -> Path | None:
     """The state with the highest step in ``directory``, or None if there is none."""
     states = list_states(directory)
@@ -239,6 +252,7 @@ __all__ = [
     "latest_state",
     "list_states",
     "load_train_state",
+    "read_state_entry",
     "restore_rng_state",
     "save_train_state",
     "state_step",
