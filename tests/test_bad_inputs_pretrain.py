@@ -124,6 +124,15 @@ def _vocab_too_small(t: Path, m: dict) -> list[str]:
     return _args(data, t / "out")
 
 
+def _shard_modified(t: Path, m: dict) -> list[str]:
+    data = _data(t, m)
+    shard = data / "shard_00000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[0], raw[2] = raw[2], raw[0]  # two token ids swapped: still valid ids, other bytes
+    shard.write_bytes(bytes(raw))
+    return _args(data, t / "out")
+
+
 def _other_data(t: Path, m: dict) -> list[str]:
     return [*_args(_data(t, m), _run(t, m)), "--resume"]
 
@@ -159,6 +168,7 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ("out-below-a-file", _out_below_a_file, ("--out", "afile")),
     ("out-is-a-file", _out_is_a_file, ("--out", "not a directory")),
     ("token-ids-beyond-vocab", _vocab_too_small, ("shard_00000.bin", "token id", "vocabulary")),
+    ("shard-modified-after-prepare", _shard_modified, ("shard_00000.bin", "sha256", "manifest.json")),
     ("negative-values", _flags(grad_clip=-1.0, weight_decay=-0.1, checkpoint_every_steps=-1, max_recoveries=-1),
      ("4 problems", "grad_clip", "weight_decay", "checkpoint_every_steps", "max_recoveries")),
     ("lr-nan", _flags(lr="nan"), ("lr: must be > 0",)),

@@ -252,3 +252,36 @@ def test_training_states_of_earlier_layouts_still_resume(tmp_path):
     with pytest.raises(engine.TrainStateError, match="cannot resume from this training state"):
         engine.restore_state(fabric, path, other, build_optimizer(other, lr=1e-3, betas=(0.9, 0.98), eps=1e-12,
                                                                   weight_decay=0.01))  # fmt: skip
+
+
+def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
+    """``engine.end_with_parent`` (armed in every rank a launcher starts): the child of a
+    SIGKILLed parent ends at once instead of waiting in a collective."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child_code = (
+        "from ultracram.train.engine import end_with_parent; end_with_parent(); import time; time.sleep(60)"
+    )
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child_code!r}])\n"
+        f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    deadline = time.time() + 60
+    while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    child = int((tmp_path / "pid").read_text())
+    time.sleep(8)  # the child has imported ultracram and armed the signal
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while os.path.exists(f"/proc/{child}") and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.time() < deadline, "the child outlived its killed parent"
+        time.sleep(0.2)

@@ -147,3 +147,25 @@ def test_header_is_plain_json(tmp_path):
     header = json.loads(raw[8 : 8 + n])
     tree = json.loads(header["__metadata__"]["ultracram_train_state"])["tree"]
     assert tree == {"meta": {"a": [1, 2]}, "t": {"__tensor__": "t"}}
+
+
+def test_a_killed_writers_temporaries_are_swept(tmp_path):
+    """A kill while ``state-9`` was written leaves ``.state-000000009.safetensors.tmp-PID``;
+    the next save removes it (its process is gone) but never a live writer's file."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".state-000000009.safetensors.tmp-{dead_pid}"
+    stale.write_bytes(b"half a state")
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # another live writer
+    try:
+        live = tmp_path / f".state-000000010.safetensors.tmp-{writer.pid}"
+        live.write_bytes(b"being written")
+        save_train_state(tmp_path, 12, {"step": 12})
+        assert not stale.exists() and live.exists()
+        live.unlink()
+    finally:
+        writer.kill()
+    assert [p.name for p in list_states(tmp_path)] == ["state-000000012.safetensors"]

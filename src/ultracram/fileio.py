@@ -142,6 +142,24 @@ def _leftovers(path: Path, kind: str) -> list[tuple[Path, int]]:
     return found
 
 
+def remove_stale_temporaries(directory: str | Path, prefix: str) -> list[Path]:
+    """Remove the ``.<prefix>*.tmp-<pid>`` / ``.<prefix>*.old-<pid>`` leftovers of writers that
+    died (their process is gone) in ``directory``, whatever file they were writing; returns
+    them. A live writer's temporaries are left alone."""
+    pattern = re.compile(rf"\.{re.escape(prefix)}.*\.(?:tmp|old)-(\d+)")
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for e in entries:
+        m = pattern.fullmatch(e.name)
+        if m and not _pid_alive(int(m.group(1))):
+            _remove(Path(e.path))
+            removed.append(Path(e.path))
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -455,6 +473,7 @@ __all__ = [
     "is_within",
     "link_or_copy_tree",
     "recover_dir",
+    "remove_stale_temporaries",
     "sha256_bytes",
     "sha256_file",
     "sha256_tensors",

@@ -21,7 +21,11 @@ to the caller: ``train_step`` reports, it does not decide.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +90,25 @@ def setup_fabric(
     n = devices if devices == "auto" else int(devices)
     if n == "auto" and accelerator == "cpu":
         n = 1
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+        end_with_parent()  # a rank that Fabric's launcher (or torchrun) started
     return Fabric(accelerator=accelerator, devices=n, num_nodes=num_nodes, strategy=chosen,
                   precision=resolve_precision(precision, accelerator))  # fmt: skip
+
+
+def end_with_parent() -> None:
+    """Make this process end when its parent dies (Linux ``PR_SET_PDEATHSIG``). The ranks that
+    Fabric's launcher starts would otherwise outlive a SIGKILLed launcher, waiting in a
+    collective for half an hour; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def precision_name(fabric: Fabric) -> str:
@@ -356,6 +377,7 @@ __all__ = [
     "LossTerms",
     "StepResult",
     "TrainStateError",
+    "end_with_parent",
     "model_loss",
     "module_state",
     "precision_name",

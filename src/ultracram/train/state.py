@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ultracram.errors import UltracramError
-from ultracram.fileio import atomic_write_path
+from ultracram.fileio import atomic_write_path, remove_stale_temporaries
 
 STATE_PREFIX = "state-"
 STATE_SUFFIX = ".safetensors"
@@ -69,6 +69,7 @@ def save_train_state(
     meta = json.dumps({"format_version": _FORMAT_VERSION, "step": step, "tree": tree})
     path = directory / state_file_name(step)
     atomic_write_path(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: meta}))
+    remove_stale_temporaries(directory, STATE_PREFIX)  # states a killed run was writing
     if keep_last:
         for old in list_states(directory)[:-keep_last]:
             old.unlink(missing_ok=True)
