@@ -361,3 +361,31 @@ def test_import_overwrite(tmp_path, assets, capsys):
     assert main(["import", "--from", str(hf), "--out", str(back)]) == 0
     assert main(["import", "--from", str(hf), "--out", str(back), "--overwrite"]) == 0
     assert json.loads((back / "config.json").read_text())["extra"]["imported_from"] == str(hf.resolve())
+
+
+def test_a_killed_export_overwrite_leaves_the_earlier_export_intact(tmp_path, assets):
+    """SIGKILL while `export --overwrite` writes the new weights: the earlier export is untouched
+    (byte for byte), and the same command run again completes."""
+    import signal
+    import subprocess
+    import sys
+
+    hf = _earlier_export(tmp_path, assets)
+    before = {p.relative_to(hf): p.read_bytes() for p in hf.rglob("*") if p.is_file()}
+    script = (
+        "import os, signal, sys\n"
+        "import ultracram.interop.export as export\n"
+        "real = export.save_file\n"
+        "def dying(tensors, path, **kw):\n"
+        "    real(tensors, path, **kw)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)  # after the weights, before the swap\n"
+        "export.save_file = dying\n"
+        "from ultracram.cli import main\n"
+        f"sys.exit(main(['export', '--checkpoint', {str(tmp_path / 'ckpt')!r}, '--out', {str(hf)!r}, '--overwrite']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    after = {p.relative_to(hf): p.read_bytes() for p in hf.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(hf), "--overwrite"]) == 0
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # leftovers swept
