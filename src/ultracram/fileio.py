@@ -1,5 +1,8 @@
 """Persistence, in one place: every file and directory ultracram keeps is written through here.
 
+Size (~480 lines): the one persistence layer (atomic files and directories, their recovery
+and leftovers, hashes, the run-identity check, output-directory guards); one place by design.
+
 - A file is written to ``.<name>.tmp-<pid>`` in the same directory, fsynced, renamed over the
   target, and the directory is fsynced: a kill at any moment leaves the old file or the new one,
   never half of one (``atomic_write`` and its variants).

@@ -1,5 +1,8 @@
 """``ultracram selfcheck``: one command that checks and measures every GPU path.
 
+Size (~480 lines): eight steps, each an argument builder and a summary of its figures, plus
+the end-to-end step and the driver: one prepared check, read top to bottom.
+
 A GPU machine is lent to this project only at times and for minutes, with nothing to install
 and no network, so everything a first GPU run should find out is prepared here and runs in one
 command (``scripts/gpu_check.sh OUT`` calls it):

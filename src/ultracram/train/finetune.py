@@ -1,8 +1,8 @@
 """GLUE fine-tuning and evaluation: protocols, seeds, medians, resumable runs.
 
-Size (~560 lines): data (tokenising, length-grouped batches), one run (train, evaluate,
-resume) and the multi-checkpoint GLUE table belong to one workflow; the settings are in
-``finetune_settings.py`` and the step in ``engine.py``.
+Size (~680 lines): data (tokenising, length-grouped batches), the checks before any training,
+one run (train, evaluate, resume) and the multi-checkpoint GLUE table belong to one workflow;
+the settings are in ``finetune_settings.py`` and the step in ``engine.py``.
 
 ``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
 sets and writes ``results.json`` and ``results.md`` (the papers' table layout). The default

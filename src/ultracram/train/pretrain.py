@@ -1,7 +1,9 @@
 """Masked-LM pretraining on Lightning Fabric under a wall-clock or token budget.
 
-Size (~500 lines): the loop, its health recovery and its outputs (summary, final checkpoint,
-progress) are one workflow; the step, Fabric setup and training states are in ``engine.py``.
+Size (~660 lines): the preflight checks, the loop, its health recovery and its outputs
+(summary, final checkpoint, divergence verdict, progress) are one workflow; the step, Fabric
+setup and training states are in ``engine.py``. The preflight (~150 lines) is the next part to
+move out (``train/preflight.py``) when this file grows again.
 
 Shape (litgpt's): ``pretrain(config)`` -> ``setup`` (Fabric: devices, strategy, precision)
 -> ``main`` (data, model, optimizer, resume) -> ``fit`` (the loop) -> ``validate``.
