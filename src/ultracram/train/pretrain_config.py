@@ -1,9 +1,9 @@
 """Settings of a pretraining run: the typed config with its recipes, the budget, and the
+command-line flags generated from the config's fields. Kept free of torch so that building the
+``ultracram`` parser stays instant; ``ultracram.train.pretrain`` runs the training.
 
 Size (~470 lines): the settings, their checks, the recipes, the resume rules, budgets and the
-argparse generator, which the settings issue replaces with a generated parser.
-command-line flags generated from the config's fields. Kept free of torch so that building the
-``ultracram`` parser stays instant; ``ultracram.train.pretrain`` runs the training."""
+argparse generator, which the settings issue replaces with a generated parser."""
 
 from __future__ import annotations
 
