@@ -130,14 +130,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _leftovers(path: Path, kind: str) -> list[tuple[Path, int]]:
-    """``.<name>.<kind>-<pid>`` siblings of ``path`` left by dead processes, as (path, pid)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{kind}-(\d+)")
-    found = []
+def _dead_writers(directory: str | Path, name: str) -> list[tuple[Path, int]]:
+    """Entries of ``directory`` whose whole name matches the regex ``name`` followed by
+    ``-<pid>`` of a process that is gone, as (path, pid): the leftovers of killed writers."""
+    pattern = re.compile(rf"{name}-(\d+)")
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(directory))
     except OSError:
         return []
+    found = []
     for e in entries:
         m = pattern.fullmatch(e.name)
         if m and not _pid_alive(int(m.group(1))):
@@ -145,21 +146,18 @@ def _leftovers(path: Path, kind: str) -> list[tuple[Path, int]]:
     return found
 
 
+def _leftovers(path: Path, kind: str) -> list[tuple[Path, int]]:
+    """``.<name>.<kind>-<pid>`` siblings of ``path`` left by dead processes, as (path, pid)."""
+    return _dead_writers(path.parent, rf"\.{re.escape(path.name)}\.{kind}")
+
+
 def remove_stale_temporaries(directory: str | Path, prefix: str) -> list[Path]:
     """Remove the ``.<prefix>*.tmp-<pid>`` / ``.<prefix>*.old-<pid>`` leftovers of writers that
     died (their process is gone) in ``directory``, whatever file they were writing; returns
     them. A live writer's temporaries are left alone."""
-    pattern = re.compile(rf"\.{re.escape(prefix)}.*\.(?:tmp|old)-(\d+)")
-    removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return []
-    for e in entries:
-        m = pattern.fullmatch(e.name)
-        if m and not _pid_alive(int(m.group(1))):
-            _remove(Path(e.path))
-            removed.append(Path(e.path))
+    removed = [path for path, _ in _dead_writers(directory, rf"\.{re.escape(prefix)}.*\.(?:tmp|old)")]
+    for path in removed:
+        _remove(path)
     return removed
 
 

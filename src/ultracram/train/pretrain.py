@@ -32,6 +32,7 @@ applied by the engine (``setup_fabric``, ``prepare``) and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from ultracram.config import ModelConfig, get_preset
 from ultracram.data.corpus import TokenShards
 from ultracram.data.mlm import mlm_batch
 from ultracram.errors import optional_import
-from ultracram.fileio import atomic_write_text, sha256_file
+from ultracram.fileio import atomic_write_text
 from ultracram.model import build_model, flops_per_token
 from ultracram.progress import ProgressDisplay, hms
 from ultracram.train import engine
@@ -232,19 +233,24 @@ def check_token_ids(shards: TokenShards, chunk: int = 1 << 24) -> None:
     """Raise ``PretrainError`` naming the shard when a shard's sha256 differs from the one its
     manifest recorded (modified or damaged since ``data prepare``), or a token id is outside the
     vocabulary the model is built with (the manifest's ``vocab_size``): an embedding lookup
-    would fail (or, on GPU, read garbage) mid-run. Two reads of each shard (the second from the
-    page cache): about a second per 100 MB."""
+    would fail (or, on GPU, read garbage) mid-run. One read of each shard, in ``chunk``-token
+    pieces that feed both the hash and the largest id."""
     for entry in shards.manifest["shards"]:
         n = int(entry["sequences"]) * shards.seq_len
         path = shards.directory / entry["file"]
-        if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        item = np.dtype(shards.dtype).itemsize
+        raw = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
+        digest, top, limit = hashlib.sha256(), -1, n * item  # bytes of the manifest's n tokens
+        for i in range(0, len(raw), chunk * item):  # pieces of whole tokens
+            piece = np.asarray(raw[i : i + chunk * item])
+            digest.update(piece)
+            ids = piece[: max(0, min(len(piece), limit - i)) // item * item].view(shards.dtype)
+            if ids.size:
+                top = max(top, int(ids.max()))
+        if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
             raise PretrainError(f"{path}: its sha256 differs from the one recorded in "
                                 f"{shards.directory / 'manifest.json'}: the shard was modified or damaged "
                                 "since `ultracram data prepare`; prepare the data again")  # fmt: skip
-        if n == 0:
-            continue
-        flat = np.memmap(path, dtype=shards.dtype, mode="r", shape=(n,))
-        top = max(int(flat[i : i + chunk].max()) for i in range(0, n, chunk))
         if top >= shards.vocab_size:
             raise PretrainError(
                 f"{path}: token id {top} is outside the vocabulary ({shards.vocab_size} ids, "
