@@ -181,7 +181,7 @@ ROWS: dict[str, Row] = {
     "tok-max-documents-zero": lambda t, a: (_tok(t, a, "--max-documents", "0"), ["--max-documents", "0"]),
     # data prepare
     "prep-workers-negative": lambda t, a: (_prep(t, a, "--workers", "-1"), ["--workers", "-1"]),
-    "prep-shard-sequences-zero": lambda t, a: (_prep(t, a, "--shard-sequences", "0"), ["--shard-sequences"]),
+    "prep-shard-sequences-zero": lambda t, a: (_prep(t, a, "--shard_sequences", "0"), ["--shard_sequences"]),
     "prep-seq-len-2": lambda t, a: (_prep(t, a, "--seq-len", "2"), ["seq_len", "2"]),
     "prep-out-is-a-file": lambda t, a: (_prep(t, a, out=_file(t / "o.bin")), ["--out", "o.bin"]),
     "prep-out-parent-is-a-file": lambda t, a: (

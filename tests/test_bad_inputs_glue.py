@@ -246,7 +246,7 @@ def zero_seeds(c: Case):
 
 
 def unknown_setting_key(c: Case):
-    return c.argv("--set", "lrr=1e-4"), ["'lrr'", "did you mean 'lr'"]
+    return c.argv("--finetune.lrr", "1e-4"), ["--finetune.lrr", "did you mean '--finetune.lr'"]
 
 
 def unknown_task_in_set(c: Case):
@@ -258,7 +258,7 @@ def bad_setting_value(c: Case):
 
 
 def infinite_epochs(c: Case):
-    return c.argv("--set", "epochs=inf"), ["epochs", "finite"]
+    return c.argv("--finetune.epochs", "inf"), ["--finetune.epochs", "'inf'"]
 
 
 def malformed_set_option(c: Case):
@@ -281,6 +281,12 @@ def settings_file_unknown_key(c: Case):
     path = c.root / "settings.json"
     path.write_text('{"task": {"rte": {"lr": 1e-4}}}')
     return c.argv("--settings", str(path)), [str(path), "'task'", "did you mean 'tasks'"]
+
+
+def config_file_unknown_key(c: Case):
+    path = c.root / "glue.yaml"
+    path.write_text("protocol: bert\nfinetuen:\n  lr: 1.0e-4\n")
+    return c.argv("--config", str(path)), [str(path), "'finetuen' (did you mean 'finetune'?)"]
 
 
 def settings_file_all_not_object(c: Case):
@@ -332,6 +338,7 @@ ROWS = [
     settings_file_list,
     settings_file_unknown_key,
     settings_file_all_not_object,
+    config_file_unknown_key,
     bad_device,
     out_is_a_file,
 ]

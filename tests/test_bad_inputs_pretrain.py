@@ -144,10 +144,10 @@ def _outputs_without_states(t: Path, m: dict) -> list[str]:
 
 
 ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
-    ("config-not-json", _config_file("{lr: 1"), ("settings.json", "not valid JSON")),
+    ("config-not-json", _config_file("{lr: 1"), ("settings.json", "line 1", "not valid YAML or JSON")),
     ("config-unknown-key", _config_file('{"learning_rate": 0.1}'), ("unknown key 'learning_rate'",)),
     ("config-missing", lambda t, m: ["--config", str(t / "nope.json"), "--data", "x"], ("nope.json",)),
-    ("config-not-object", _config_file("[1, 2]"), ("settings.json", "JSON object")),
+    ("config-not-object", _config_file("[1, 2]"), ("settings.json", "an object of settings")),
     ("missing-data", lambda t, m: ["--out", str(t / "out")], ("--data",)),
     ("data-not-shards", lambda t, m: _args(t, t / "out"), ("manifest.json",)),
     ("resume-without-state", lambda t, m: [*_args(_data(t, m), t / "out"), "--resume"], ("--resume", "no training state")),
@@ -171,7 +171,9 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ("shard-modified-after-prepare", _shard_modified, ("shard_00000.bin", "sha256", "manifest.json")),
     ("negative-values", _flags(grad_clip=-1.0, weight_decay=-0.1, checkpoint_every_steps=-1, max_recoveries=-1),
      ("4 problems", "grad_clip", "weight_decay", "checkpoint_every_steps", "max_recoveries")),
-    ("lr-nan", _flags(lr="nan"), ("lr: must be > 0",)),
+    ("lr-nan", _flags(lr="nan"), ("--lr", "'nan'")),
+    ("lr-nan-in-a-config-file", _config_file('{"lr": .nan, "budget": "forever", "model": {"num_layerz": 1}}'),
+     ("3 problems", "lr: must be > 0", "budget: cannot parse", "model: unknown key 'num_layerz'")),
 ]  # fmt: skip
 
 

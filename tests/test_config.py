@@ -11,15 +11,16 @@ def test_one_error_lists_every_problem():
     msg = str(err.value)
     assert len(err.value.problems) == 3, msg
     assert "unknown key 'hidden_szie'" in msg and "did you mean 'hidden_size'" in msg
-    assert "num_layers: expected int, got 'two'" in msg
+    assert "num_layers: expected an integer, got 'two'" in msg
     assert "hidden_size (66) is not divisible by num_heads (4)" in msg
 
 
 def test_literal_and_bool_types_are_checked():
     with pytest.raises(ConfigError) as err:
         ModelConfig.from_dict({"ffn": "sparse", "bias": 1})
-    assert "ffn: expected 'dense' | 'glu' | 'fff' | 'moe'" in str(err.value)
-    assert "bias: expected bool" in str(err.value)
+    assert "ffn: expected one of 'dense' | 'glu' | 'fff' | 'moe', got 'sparse'" in str(err.value)
+    assert "bias: expected true or false, got 1" in str(err.value)
+    assert "bias: expected true or false" in str(err.value)
 
 
 def test_direct_construction_validates_too():

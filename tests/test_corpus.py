@@ -47,8 +47,10 @@ def wiki(shared_data, tmp_path_factory):
     return {"dir": d, "path": path, "text": text, "docs": docs, "tok": tok, "tok_path": d / "tokenizer.json"}
 
 
-def reference_rows(tok, docs, seq_len, ratio=0.25, sort=False):
-    """Independent packer: the rows prepare_corpus must produce."""
+def reference_rows(tok, docs, seq_len, ratio=None, sort=False):
+    """Independent packer: the rows prepare_corpus must produce. The default ratio is the
+    documented rule: 0.25 tokens per character for vocabularies of 32768 and more, else 0.5."""
+    ratio = ratio if ratio is not None else (0.25 if tok.get_vocab_size() >= 32768 else 0.5)
     kept = []
     for d in docs:
         ids = tok.encode(d, add_special_tokens=False).ids
@@ -77,10 +79,9 @@ def test_blank_line_documents(wiki):
 
 
 def test_prepare_matches_reference_packer(wiki, tmp_path):
-    m = prepare_corpus(
-        [wiki["path"]], tmp_path / "out", wiki["tok_path"], SEQ, workers=0, shard_sequences=500, batch_docs=4
-    )
-    ref, dropped = reference_rows(wiki["tok"], wiki["docs"], SEQ)
+    m = prepare_corpus([wiki["path"]], tmp_path / "out", wiki["tok_path"], SEQ, workers=0, shard_sequences=500,
+                       batch_docs=4, max_token_ratio=0.25)  # fmt: skip
+    ref, dropped = reference_rows(wiki["tok"], wiki["docs"], SEQ, ratio=0.25)
     rows = all_rows(tmp_path / "out")
     np.testing.assert_array_equal(rows, ref)
     c = m["counts"]
@@ -101,6 +102,12 @@ def test_prepare_matches_reference_packer(wiki, tmp_path):
     idx = np.array([len(ref) - 1, 0, 600, 7])
     np.testing.assert_array_equal(shards.get_rows(idx), ref[idx])
     assert shards.get_rows(idx).dtype == np.int64
+
+
+def test_default_ratio_follows_the_vocabulary(wiki, tmp_path):
+    m = prepare_corpus([wiki["path"]], tmp_path, wiki["tok_path"], SEQ, workers=0)
+    assert m["max_token_ratio"] == 0.5  # a 4096-token vocabulary: 0.25 would drop ordinary English
+    np.testing.assert_array_equal(all_rows(tmp_path), reference_rows(wiki["tok"], wiki["docs"], SEQ)[0])
 
 
 def test_filter_ratio_off_keeps_all(wiki, tmp_path):

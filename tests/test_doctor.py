@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ultracram.config import IGNORE_INDEX
 from ultracram.data.mlm import mask_tokens
 from ultracram.doctor.checks import FAIL, PASS, DoctorOptions, run_checks, run_preflight
-from ultracram.doctor.setup import default_setup, parse_overrides, standard_mask_fn
+from ultracram.doctor.setup import DoctorSettings, default_setup, standard_mask_fn
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +113,21 @@ def test_crashing_check_is_reported_not_raised(setup):
     assert r.status == FAIL and "crashed" in r.reason and "boom" in r.reason
 
 
-def test_overrides_parse_and_report_every_problem():
-    model, other = parse_overrides(["num_layers=1", "lr=3e-4", "mask_rate=0.15"])
-    assert model == {"num_layers": 1, "mask_rate": 0.15} and other == {"lr": 3e-4}
+def test_settings_report_every_problem_and_name_every_check(tmp_path, capsys):
+    from ultracram.cli import main
+    from ultracram.doctor import CHECKS
+
+    assert main(["doctor", "--model.num_layer", "1", "--model.mask_rate", "abc", "--lr", "-1",
+                 "--out", str(tmp_path)]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "lr: must be > 0" in err  # the doctor's own settings first, before any model is built
     with pytest.raises(ValueError) as e:
-        parse_overrides(["num_layer=1", "lr=abc", "oops"])
-    msg = str(e.value)
-    assert "did you mean 'num_layers'" in msg and "lr" in msg and "oops" in msg
+        run_preflight(DoctorSettings(model={"num_layer": 1, "mask_rate": "abc"}), out_dir=tmp_path)
+    assert "did you mean 'num_layers'" in str(e.value) and "mask_rate" in str(e.value)
+    # `ultracram doctor --help` lists every check --only accepts.
+    assert main(["doctor", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in CHECKS)
 
 
 def test_cli_doctor_only_and_unknown_check(tmp_path, capsys):
@@ -130,4 +138,4 @@ def test_cli_doctor_only_and_unknown_check(tmp_path, capsys):
     report = json.loads((tmp_path / "doctor.json").read_text())
     assert [r["name"] for r in report["results"]] == ["vocab", "loss_function"]
     assert main(["doctor", "--only", "vocabulary", "--out", str(tmp_path)]) == 1
-    assert "unknown check(s) vocabulary" in capsys.readouterr().err
+    assert "unknown check(s) vocabulary (did you mean 'vocab'?)" in capsys.readouterr().err

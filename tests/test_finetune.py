@@ -24,7 +24,7 @@ from ultracram.train.finetune import (
     run_glue,
     subsample,
 )
-from ultracram.train.finetune_settings import PROTOCOLS, FinetuneError, parse_set_options, resolve_settings
+from ultracram.train.finetune_settings import PROTOCOLS, FinetuneError, FinetuneSettings, resolve_settings
 from ultracram.train.glue_table import glue_markdown
 
 SST2 = TASKS["sst2"]
@@ -129,12 +129,14 @@ def test_settings_protocols_and_overrides():
     with pytest.raises(FinetuneError) as e:
         resolve_settings(tasks, "sane", {"lrr": 1, "batch_size": "many", "dropout": 1.5}, {"rtee": {}})
     msg = str(e.value)
-    assert all(p in msg for p in ("'lrr'", "batch_size='many'", "dropout: must be in [0, 1)", "'rtee'"))
-    with pytest.raises(FinetuneError, match="unknown protocol"):
+    assert all(p in msg for p in ("'lrr'", "batch_size: expected an integer (or null), got 'many'",
+                                  "dropout: must be in [0, 1)", "'rtee'"))  # fmt: skip
+    with pytest.raises(FinetuneError, match="unknown protocol 'roberta'"):
         resolve_settings(tasks, "roberta")
-    assert parse_set_options(["lr=1e-4", "rte.epochs=3"]) == ({"lr": "1e-4"}, {"rte": {"epochs": "3"}})
-    with pytest.raises(FinetuneError, match="KEY=VALUE"):
-        parse_set_options(["lr"])
+    # Settings for every task as the CLI gives them: null fields are the protocol's.
+    s = resolve_settings(tasks, "bert", FinetuneSettings(lr=1e-4, max_train_examples=8), {"rte": {"epochs": 1}})
+    assert (s["sst2"].lr, s["sst2"].epochs, s["sst2"].batch_size, s["sst2"].grad_clip) == (1e-4, 3.0, 32, 1.0)
+    assert (s["rte"].epochs, s["rte"].max_train_examples, s["rte"].pooler_size) == (1.0, 8, 0)
 
 
 def test_schedule():
@@ -235,10 +237,8 @@ def test_rerun_identity_is_the_weights_not_the_path(tiny_checkpoint, tmp_path):
         run_glue([f"m={moved}"], [glue], tmp_path / "out2", **{**common, "seeds": 0})
 
 
-def test_settings_suggest_close_names(tmp_path):
-    from ultracram.train.finetune_settings import load_settings_file
-
-    with pytest.raises(FinetuneError, match=r"unknown setting 'epoch' \(did you mean 'epochs'\?\)"):
+def test_settings_suggest_close_names():
+    with pytest.raises(FinetuneError, match=r"unknown key 'epoch' \(did you mean 'epochs'\?\)"):
         resolve_settings([SST2], "sane", {"epoch": 2})
     with pytest.raises(
         FinetuneError, match=r"unknown task 'sst' in per-task settings \(did you mean 'sst2'\?\)"
@@ -246,10 +246,5 @@ def test_settings_suggest_close_names(tmp_path):
         resolve_settings([SST2], "sane", {}, {"sst": {"lr": 1e-4}})
     with pytest.raises(FinetuneError, match=r"epochs: must be a finite number"):
         resolve_settings([SST2], "sane", {"epochs": "inf"})
-    path = tmp_path / "s.json"
-    path.write_text("[1, 2]")
-    with pytest.raises(FinetuneError, match=r"s\.json: expected a JSON object"):
-        load_settings_file(path)
-    path.write_text('{"tasks": {"rte": 3}}')
-    with pytest.raises(FinetuneError, match=r"s\.json: 'tasks' must be an object"):
-        load_settings_file(path)
+    with pytest.raises(FinetuneError, match=r"rte: expected an object of KEY: VALUE"):
+        resolve_settings([SST2], "sane", {}, {"rte": 3})

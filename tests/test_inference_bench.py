@@ -5,13 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ultracram.bench.fff import bench_ffn, bench_model, time_calls
+from ultracram.bench.fff import bench_ffn_layers, bench_model, time_calls
 from ultracram.cli import main
 
 
 def test_bench_ffn_checks_outputs_and_writes_json_and_plot(tmp_path):
-    report = bench_ffn(tokens=(1, 5), threads=[1], depth=3, hidden=64, min_time=0.0,
-                       out=tmp_path / "ffn.json", plot=tmp_path / "ffn.png")  # fmt: skip
+    report = bench_ffn_layers(tokens=(1, 5), threads=[1], depth=3, hidden=64, min_time=0.0,
+                              out=tmp_path / "ffn.json", plot=tmp_path / "ffn.png")  # fmt: skip
     assert report["all_outputs_match"]
     assert {c["path"] for c in report["checks"]} == {"gather", "cpu"}
     assert {r["path"] for r in report["results"]} == {"masked", "gather", "cpu", "dense", "glu"}
@@ -48,7 +48,7 @@ def test_time_calls_interleaves_and_batches_fast_calls():
 
 def test_cli_bench_ffn_quick_flags(tmp_path):
     out = tmp_path / "ffn.json"
-    args = ["bench", "ffn", "--tokens", "3", "--threads", "1", "--depth", "2", "--min-time", "0",
+    args = ["bench", "ffn", "--tokens", "3", "--threads", "1", "--depth", "2", "--min_time", "0",
             "--out", str(out), "--plot", str(tmp_path / "ffn.png")]  # fmt: skip
     assert main(args) == 0
     assert json.loads(out.read_text())["all_outputs_match"]

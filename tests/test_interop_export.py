@@ -112,11 +112,12 @@ def test_round_trip_export_import_identical_weights(tmp_path, preset, tokenizer_
 def test_cli_export_import(tmp_path, tokenizer_file, capsys):
     _, ckpt = _checkpoint(tmp_path, "ultrafastbert-tiny", "mlm", tokenizer_file)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
-    assert main(["import", "--from", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(tmp_path / "hf") and "trust_remote_code=True" in printed[1]  # not a BERT
+    assert main(["import", "--source", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "back")
     assert load_checkpoint(tmp_path / "back").config.name == "ultrafastbert-tiny"
     # a clean one-line error for bad input, naming the problem
-    assert (
-        main(["import", "--from", str(tmp_path / "hf"), "--out", str(tmp_path / "x"), "--format", "cramming"])
-        == 1
-    )
+    args = ["import", "--source", str(tmp_path / "hf"), "--out", str(tmp_path / "x"), "--format", "cramming"]
+    assert main(args) == 1
     assert "not 'cramming'" in capsys.readouterr().err

@@ -6,6 +6,7 @@ imported model is checked against a forward pass written out below from the raw 
 following the published code (GPT-NeoX per-head QKV layout, pre-LN, GLU chunk order, FFF walk).
 """
 
+import dataclasses
 import json
 import math
 
@@ -19,6 +20,7 @@ from ultracram.interop.importer import import_checkpoint
 from ultracram.interop.weights import ConversionError
 from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.model import FastFeedForward
+from ultracram.train.finetune_settings import PROTOCOLS
 
 transformers = pytest.importorskip("transformers")
 
@@ -318,6 +320,6 @@ def test_imported_hf_bert_runs_glue_finetuning(hf_bert, tmp_path):
     task = get_task("rte")
     train = GlueSplit(task, "train", text[:48], text[1:49], [i % 2 for i in range(48)], "synthetic")
     dev = GlueSplit(task, "dev", text[48:], text[47:63], [i % 2 for i in range(16)], "synthetic")
-    settings = finetune.FinetuneSettings(epochs=1, batch_size=8, pooler_size=None, max_length=32)
+    settings = dataclasses.replace(PROTOCOLS["sane"], epochs=1, batch_size=8, pooler_size=0, max_length=32)
     result = finetune.finetune_run(tmp_path / "uc", train, [dev], settings, seed=0, run_dir=tmp_path / "run")
     assert result["steps"] == 6 and 0.0 <= result["metrics"]["dev"]["accuracy"] <= 1.0

@@ -223,7 +223,8 @@ def test_config_errors_are_listed_together(tmp_path):
     )
     r = _run_cli(["--config", str(bad), "--data", "x"], timeout=60)
     assert r.returncode == 1
-    for fragment in ("4 problems", "unknown key 'micro_batch'", "lr: expected float", "budget: cannot parse",
+    for fragment in (str(bad), "4 problems", "unknown key 'micro_batch' (did you mean 'micro_batch_size'?)",
+                     "lr: expected a number (or null), got 'high'", "budget: cannot parse",
                      "model: unknown key 'num_layerz'"):  # fmt: skip
         assert fragment in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

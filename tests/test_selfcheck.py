@@ -10,7 +10,7 @@ from ultracram import selfcheck
 
 
 def _dry_run(tmp_path, only):
-    report = selfcheck.run_selfcheck(tmp_path, device="cpu", tiny=True, only=only, log=lambda m: None)
+    report = selfcheck.run_steps(tmp_path, device="cpu", tiny=True, only=only, log=lambda m: None)
     bad = {k: v["error"] for k, v in report["steps"].items() if v["status"] != "ok"}
     assert not bad, {k: (e, (tmp_path / "logs" / f"{k}.log").read_text()[-2000:]) for k, e in bad.items()}
     assert list(report["steps"]) == only
@@ -65,7 +65,7 @@ def test_a_failing_or_hanging_step_is_recorded_and_the_others_run(tmp_path, monk
         step("works", "print('fine')"),
     ])  # fmt: skip
     monkeypatch.setattr(selfcheck, "STEP_NAMES", ["fails", "hangs", "works"])
-    report = selfcheck.run_selfcheck(tmp_path, device="cpu", tiny=True, log=lambda m: None)
+    report = selfcheck.run_steps(tmp_path, device="cpu", tiny=True, log=lambda m: None)
     steps = report["steps"]
     assert steps["fails"]["status"] == "failed" and steps["fails"]["error"] == "exit 3: boom"
     assert steps["hangs"]["status"] == "timeout" and steps["hangs"]["seconds"] < 10

@@ -1,13 +1,18 @@
 """The comparison study end to end on the embedded sample, killed after one model and resumed."""
 
+import dataclasses
 import json
 
 import pytest
 
-from ultracram.study import StudyError, run_study
+from ultracram.study import STUDY_PRETRAIN, StudyError, StudySettings, run_study
+from ultracram.train.finetune_settings import FinetuneSettings
 
-SMALL = dict(models=["crammed-bert-tiny", "ultrafastbert-tiny"], budget="4-steps", glue_tasks="sst2",
-             glue_max_train=32, glue_epochs=1, micro_batch_size=8, batch_size=8)  # fmt: skip
+SMALL = StudySettings(
+    models=["crammed-bert-tiny", "ultrafastbert-tiny"], tasks="sst2",
+    pretrain=dataclasses.replace(STUDY_PRETRAIN, budget="4-steps", micro_batch_size=8, batch_size=8),
+    finetune=FinetuneSettings(epochs=1, max_train_examples=32),
+)  # fmt: skip
 
 
 class Killed(Exception):
@@ -22,14 +27,14 @@ def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run_study(out, after_model=kill_after_first, log=lambda _: None, **SMALL)
+        run_study(out, SMALL, after_model=kill_after_first, log=lambda _: None)
     first = out / "models" / "crammed-bert-tiny"
     stamps = {p: p.stat().st_mtime_ns for p in (first / "result.json", first / "pretrain" / "summary.json",
                                                  first / "glue" / "results.json")}  # fmt: skip
     assert not (out / "models" / "ultrafastbert-tiny" / "result.json").exists()
 
     lines = []
-    md, page = run_study(out, log=lines.append, **SMALL)
+    md, page = run_study(out, SMALL, log=lines.append)
     assert "crammed-bert-tiny: finished in an earlier run, skipped" in lines
     assert not any(line.startswith("crammed-bert-tiny: starting pretraining") for line in lines)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing of model 1 rewritten
@@ -40,4 +45,5 @@ def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
     assert "data:image/png;base64," in page.read_text()
 
     with pytest.raises(StudyError, match="different settings"):
-        run_study(out, log=lambda _: None, **{**SMALL, "budget": "5-steps"})
+        run_study(out, dataclasses.replace(SMALL, pretrain=dataclasses.replace(SMALL.pretrain, budget="5-steps")),
+                  log=lambda _: None)

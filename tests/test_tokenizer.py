@@ -74,8 +74,8 @@ def test_pair_template(trained):
 def test_cli_train_keeps_case(wiki_xz, tmp_path):
     from ultracram.cli import main
 
-    rc = main(["tokenizer", "train", "--input", str(wiki_xz.parent), "--out", str(tmp_path), "--vocab-size",
-               "600", "--no-lowercase", "--keep-accents", "--max-documents", "5"])  # fmt: skip
+    rc = main(["tokenizer", "train", "--input", str(wiki_xz.parent), "--out", str(tmp_path), "--vocab_size",
+               "600", "--lowercase", "false", "--strip_accents", "false", "--max_documents", "5"])  # fmt: skip
     assert rc == 0
     tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert tok.get_vocab_size() == 600

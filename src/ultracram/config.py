@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ultracram.errors import UltracramError
+from ultracram.settings import SettingsError, coerce_fields, describe, type_ok
 
 Mixer = Literal["attention", "fourier"]
 FeedForwardKind = Literal["dense", "glu", "fff", "moe"]
@@ -30,13 +29,11 @@ FFFTraining = Literal["hard", "soft"]
 IGNORE_INDEX = -100
 
 
-class ConfigError(UltracramError, ValueError):
-    """A configuration is invalid; the message lists every problem found."""
+class ConfigError(SettingsError):
+    """A model or pretraining configuration is invalid; the message lists every problem found."""
 
     def __init__(self, problems: list[str], where: str = "model config"):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid {where} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
+        super().__init__(problems, where)
 
 
 @dataclass(frozen=True)
@@ -142,39 +139,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "model config") -> ModelConfig:
-        """Build a config from a plain dict, reporting unknown keys, wrong types and
-        inconsistent sizes together in one :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        problems = [f"unknown key {k!r}" + _suggest(k, known) for k in values if k not in known]
-        merged = {**_DEFAULTS, **{k: v for k, v in values.items() if k in known}}
+        """Build a config from a plain dict, reporting unknown keys (with a suggestion), wrong
+        types and inconsistent sizes together in one :class:`ConfigError`. Values in the
+        field's type as text (``"4"`` from a command line) are converted."""
+        typed, problems = coerce_fields(cls, values)
+        merged = {**_DEFAULTS, **typed}
         problems += validate_values(merged)
         if problems:
             raise ConfigError(problems, where)
         return cls(**merged)
-
-
-def _suggest(key: str, known: set[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_ok(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, annotation)
 
 
 def validate_values(v: dict[str, Any]) -> list[str]:
@@ -182,13 +155,8 @@ def validate_values(v: dict[str, Any]) -> list[str]:
     hints = typing.get_type_hints(ModelConfig)
     problems = []
     for name, annotation in hints.items():
-        if name in v and not _type_ok(v[name], annotation):
-            expected = (
-                " | ".join(repr(a) for a in typing.get_args(annotation))
-                if typing.get_origin(annotation) is Literal
-                else getattr(annotation, "__name__", str(annotation))
-            )
-            problems.append(f"{name}: expected {expected}, got {v[name]!r} ({type(v[name]).__name__})")
+        if name in v and not type_ok(v[name], annotation):
+            problems.append(f"{name}: expected {describe(annotation)}, got {v[name]!r} ({type(v[name]).__name__})")
     bad_types = {p.split(":")[0] for p in problems}
 
     def ok(*names: str) -> bool:

@@ -44,9 +44,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ultracram.fileio import atomic_write_json, atomic_write_text
+from ultracram.settings import comma_list
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (tests/ for the pytest step)
 
@@ -139,9 +140,9 @@ def _pytest_summary(ctx: Context) -> dict[str, Any]:
 
 def _ffn_argv(ctx: Context) -> list[str]:
     if ctx.tiny:
-        extra = ["--tokens", "1,64", "--depth", "5", "--min-time", "0.02", "--threads", "1"]
+        extra = ["--tokens", "1,64", "--depth", "5", "--min_time", "0.02", "--threads", "1"]
     else:
-        extra = ["--tokens", "1,64,1024,4096,16384", "--min-time", "0.2"]
+        extra = ["--tokens", "1,64,1024,4096,16384", "--min_time", "0.2"]
     return ctx.ultracram("bench", "ffn", "--device", ctx.device, *extra, "--out", str(ctx.path("ffn.json")),
                          "--plot", str(ctx.path("ffn.png")))  # fmt: skip
 
@@ -158,8 +159,8 @@ def _ffn_summary(ctx: Context) -> dict[str, Any]:
 
 
 def _model_argv(ctx: Context) -> list[str]:
-    extra = (["--preset", "ultrafastbert-tiny", "--baseline", "crammed-bert-tiny", "--batches", "1", "--min-time",
-              "0.02", "--threads", "1"] if ctx.tiny else ["--batches", "1,32,128", "--min-time", "0.5"])  # fmt: skip
+    extra = (["--preset", "ultrafastbert-tiny", "--baseline", "crammed-bert-tiny", "--batches", "1", "--min_time",
+              "0.02", "--threads", "1"] if ctx.tiny else ["--batches", "1,32,128", "--min_time", "0.5"])  # fmt: skip
     return ctx.ultracram(
         "bench", "model", "--device", ctx.device, *extra, "--out", str(ctx.path("model.json"))
     )
@@ -215,11 +216,11 @@ FULL_TRAIN = "bert-base,crammed-bert,ultrafastbert-1x11,fnet,switch"
 
 def _train_argv(ctx: Context) -> list[str]:
     if ctx.tiny:
-        extra = ["--presets", TINY_TRAIN, "--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-batch", "4",
-                 "--seq-len", "32", "--fff-paths", "masked,conditional"]  # fmt: skip
+        extra = ["--presets", TINY_TRAIN, "--steps", "1", "--warmup", "1", "--batch_size", "2", "--max_batch", "4",
+                 "--seq_len", "32", "--fff_paths", "masked,conditional"]  # fmt: skip
     else:
-        extra = ["--presets", FULL_TRAIN, "--steps", "5", "--warmup", "2", "--batch-size", "32", "--max-batch",
-                 "1024", "--fff-paths", "masked,conditional", "--precision", "bf16-mixed"]  # fmt: skip
+        extra = ["--presets", FULL_TRAIN, "--steps", "5", "--warmup", "2", "--batch_size", "32", "--max_batch",
+                 "1024", "--fff_paths", "masked,conditional", "--precision", "bf16-mixed"]  # fmt: skip
     return ctx.ultracram(
         "bench", "train", "--device", ctx.device, *extra, "--out", str(ctx.path("train.json"))
     )
@@ -231,10 +232,10 @@ def _train_compile_argv(ctx: Context) -> list[str]:
     found = {r["preset"]: r["batch_size"] for r in ctx.read("train.json").get("results", [])}
     presets = "crammed-bert-tiny" if ctx.tiny else "crammed-bert,ultrafastbert-1x11"
     batch = str(min((found.get(p, 32) for p in presets.split(",")), default=32))
-    extra = (["--steps", "1", "--warmup", "1", "--seq-len", "32"] if ctx.tiny
+    extra = (["--steps", "1", "--warmup", "1", "--seq_len", "32"] if ctx.tiny
              else ["--steps", "5", "--warmup", "3", "--precision", "bf16-mixed"])  # fmt: skip
-    return ctx.ultracram("bench", "train", "--device", ctx.device, "--presets", presets, "--compile",
-                         "--batch-size", batch, "--fff-paths", "conditional", *extra,
+    return ctx.ultracram("bench", "train", "--device", ctx.device, "--presets", presets, "--compile", "true",
+                         "--batch_size", batch, "--fff_paths", "conditional", *extra,
                          "--out", str(ctx.path("train_compile.json")))  # fmt: skip
 
 
@@ -346,10 +347,36 @@ def end_to_end(out: Path, device: str, tiny: bool) -> dict[str, Any]:
 
 
 def run_selfcheck(
+    out: str,
+    device: Literal["cuda", "cpu"] = "cuda",
+    tiny: bool = False,
+    only: list[str] | str | None = None,
+) -> dict[str, Any]:
+    """check and measure every GPU path in one command (scripts/gpu_check.sh); --device cpu --tiny: dry run
+
+    Runs, each as a subprocess with its own time limit (a failure or time-out is recorded and
+    the next step runs): env, pytest -m gpu, bench ffn, bench model, bench fff-train (bf16),
+    bench train --full (bf16-mixed, largest micro batch that fits), the same with --compile for
+    crammed-bert and ultrafastbert-1x11, and an end-to-end pretrain (killed and resumed) + GLUE
+    RTE. Writes OUT/selfcheck.json (every figure), OUT/summary.md (printed at the end),
+    OUT/logs/STEP.log and the benchmarks' JSON and plots. About 8 minutes on one H100/H200.
+    See docs/gpu.md.
+
+    Args:
+        out: directory for every result (created)
+        device: the device to check (cpu: a dry run of the same steps)
+        tiny: tiny presets, seconds per step (the CPU dry run)
+        only: comma list of steps: env,pytest,ffn,model,fff-train,train,train-compile,e2e (default: all)
+    """
+    return run_steps(out, device=device, tiny=tiny, only=comma_list(only))
+
+
+def run_steps(
     out: str | Path, *, device: str = "cuda", tiny: bool = False, only: Sequence[str] | None = None,
     python: str = sys.executable, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run the steps (all, or ``only``) into ``out``; returns what is written to selfcheck.json."""
+    """Run the steps (all, or ``only``) into ``out`` with ``python``, reporting progress to
+    ``log``; returns what is written to selfcheck.json."""
     unknown = [s for s in only or () if s not in STEP_NAMES]
     if unknown:
         raise ValueError(f"unknown selfcheck step(s) {unknown}; steps: {', '.join(STEP_NAMES)}")

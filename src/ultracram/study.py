@@ -18,16 +18,17 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from ultracram import __version__
 from ultracram.checkpoint import load_checkpoint
-from ultracram.config import get_preset
+from ultracram.config import ConfigError, get_preset
 from ultracram.data.corpus import TokenShards, find_text_files, iter_file_documents, prepare_corpus
 from ultracram.data.glue import TASKS, eval_columns
 from ultracram.data.sample import sample_corpus_path, sample_glue_dir
@@ -44,6 +45,8 @@ from ultracram.errors import RunMismatchError, UltracramError
 from ultracram.fileio import atomic_write_json, check_same_run
 from ultracram.kernels import fff_paths
 from ultracram.model import FastFeedForward, flops_per_token, for_inference, parameter_counts
+from ultracram.settings import SettingsError
+from ultracram.train.finetune_settings import FinetuneSettings
 from ultracram.train.metrics import read_metrics
 from ultracram.train.pretrain_config import PretrainConfig
 from ultracram.train.state import latest_state
@@ -55,44 +58,60 @@ class StudyError(UltracramError):
     """The study cannot run or resume as asked."""
 
 
+# The study's pretraining: minutes, not a day. A batch of 256 for every model (cramming's ramp
+# to 8192 takes a budget of hours to pay off); a curve point every 2 steps; a state every 2 min.
+STUDY_PRETRAIN = PretrainConfig(budget="60s", micro_batch_size=32, batch_size=256, checkpoint_every_min=2.0,
+                                log_every_steps=2)  # fmt: skip
+STUDY_SET_PER_MODEL = ("preset", "data", "out")
+FINETUNE_UNSET = FinetuneSettings()  # the protocol decides
+
+
 @dataclass(frozen=True)
 class StudySettings:
     """What defines a study; a rerun in the same directory must agree on all of it."""
 
-    models: tuple[str, ...] = TINY_MODELS
-    """Presets to compare (``ultracram models`` lists them)."""
-    budget: str = "60s"
-    """Pretraining budget per model: wall-clock (``1h``, ``90s``) or tokens (``5M-tokens``)."""
-    corpus: tuple[str, ...] = ()
+    models: list[str] = field(default_factory=lambda: list(TINY_MODELS))
+    """Presets to compare (ultracram models lists them)."""
+    corpus: list[str] = field(default_factory=list)
     """Raw text files or directories; empty: the embedded Wikipedia sample."""
     glue: str = ""
     """GLUE directory in the glue_data layout; empty: the embedded GLUE slices."""
-    glue_tasks: str = "all"
+    tasks: str = "all"
     """GLUE tasks (comma separated, or all)."""
-    glue_epochs: int | None = None
-    """Fine-tuning epochs (default: the protocol's, 5 for GLUE-sane)."""
-    glue_max_train: int | None = None
-    """Cap on training examples per GLUE task (None: all)."""
     seeds: int = 1
     """Fine-tuning seeds per task (the median is reported)."""
     vocab_size: int | None = None
-    """Tokenizer vocabulary; default: the largest preset vocabulary among the models."""
+    """Tokenizer vocabulary; null: the largest preset vocabulary among the models."""
     seq_len: int = 128
-    """Pretraining sequence length."""
+    """Tokens per pretraining sequence (the shards') and per inference-speed sequence."""
     max_token_ratio: float | None = None
-    """Drop documents with more tokens than this x characters. None: cramming's 0.25 for
-    vocabularies of 32768 and more, 0.5 below (a 4096-token vocabulary splits ordinary English
-    into ~0.27 tokens per character, so 0.25 would drop most of it)."""
-    micro_batch_size: int = 32
-    """Pretraining sequences per forward/backward pass."""
-    batch_size: int | None = 256
-    """Pretraining batch in sequences, the same for every model (reached by gradient
-    accumulation, ramped up as the recipe says). None: each recipe's own (cramming ramps to
-    8192, which takes a budget of hours to pay off; minutes-long studies learn more at 256)."""
-    seed: int = 0
-    """Seed for pretraining."""
-    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
-    """Extra PretrainConfig fields applied to every model (e.g. {"lr": 5e-4})."""
+    """Drop documents with more tokens than this x characters; null: by the vocabulary, as
+    ultracram data prepare does (0.25 for 32768 and more, 0.5 below)."""
+    pretrain: PretrainConfig = STUDY_PRETRAIN
+    """Pretraining settings for every model, as ultracram pretrain takes them (preset, data and
+    out are set by the study for each model)."""
+    protocol: Literal["sane", "bert"] = "sane"
+    """GLUE fine-tuning protocol: cramming's GLUE-sane or BERT's."""
+    finetune: FinetuneSettings = FINETUNE_UNSET
+    """Fine-tuning settings for every task, as ultracram glue takes them (null: the protocol's)."""
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Fine-tuning settings for one task, e.g. --per_task.rte.epochs 10."""
+
+    def __post_init__(self) -> None:
+        problems = [f"pretrain.{name}: set by the study for each model; leave it out (models: --models)"
+                    for name in STUDY_SET_PER_MODEL
+                    if getattr(self.pretrain, name) != getattr(STUDY_PRETRAIN, name)]  # fmt: skip
+        for m in self.models:
+            try:
+                get_preset(m)
+            except ConfigError as e:
+                problems += [f"models: {p}" for p in e.problems]
+        if not self.models:
+            problems.append("models: give at least one preset")
+        if self.seeds < 1:
+            problems.append(f"seeds: must be >= 1, got {self.seeds}")
+        if problems:
+            raise SettingsError(problems, "study settings")
 
 
 def _check_settings(out: Path, settings: StudySettings) -> None:
@@ -136,9 +155,9 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
         save_tokenizer(train_tokenizer(docs, vocab_size=vocab), tok_path)
     shards = out / "shards"
     log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
-    ratio = settings.max_token_ratio or (0.25 if vocab >= 32768 else 0.5)
     prepare_corpus(
-        inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=ratio, show_progress=True
+        inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=settings.max_token_ratio,
+        show_progress=True,
     )
     return shards
 
@@ -151,14 +170,9 @@ def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log)
     if summary_path.is_file() and (run / "final" / "config.json").is_file():
         return json.loads(summary_path.read_text())
     resume = latest_state(run / "states") is not None
-    log(f"{model}: {'resuming' if resume else 'starting'} pretraining, budget {settings.budget}")
-    fields = {
-        "preset": model, "data": str(shards), "out": str(run), "budget": settings.budget, "seed": settings.seed,
-        "micro_batch_size": settings.micro_batch_size, "checkpoint_every_min": 2.0, "progress": True,
-        "log_every_steps": 2,  # short runs still need a curve
-        **({"batch_size": settings.batch_size} if settings.batch_size else {}), **settings.pretrain_overrides,
-    }  # fmt: skip
-    return pretrain(PretrainConfig.from_dict(fields), resume=resume)
+    log(f"{model}: {'resuming' if resume else 'starting'} pretraining, budget {settings.pretrain.budget}")
+    config = dataclasses.replace(settings.pretrain, preset=model, data=str(shards), out=str(run))
+    return pretrain(config, resume=resume)
 
 
 def inference_tokens_per_s(
@@ -229,14 +243,10 @@ def run_model(
 
     summary = _pretrain(out, model, shards, settings, log)
     run = out / "models" / model / "pretrain"
-    overrides: dict[str, Any] = {}
-    if settings.glue_epochs is not None:
-        overrides["epochs"] = settings.glue_epochs
-    if settings.glue_max_train is not None:
-        overrides["max_train_examples"] = settings.glue_max_train
-    log(f"{model}: GLUE fine-tuning ({settings.glue_tasks})")
-    glue = run_glue([f"{model}={run / 'final'}"], [glue_dir], out / "models" / model / "glue",
-                    tasks=settings.glue_tasks, seeds=settings.seeds, overrides=overrides, log=log)  # fmt: skip
+    log(f"{model}: GLUE fine-tuning ({settings.tasks})")
+    glue = run_glue([f"{model}={run / 'final'}"], [glue_dir], out / "models" / model / "glue", tasks=settings.tasks,
+                    seeds=settings.seeds, protocol=settings.protocol, overrides=settings.finetune,
+                    task_overrides=settings.per_task, log=log)  # fmt: skip
     entry = glue["checkpoints"][0]
     scores = {}  # paper column order, MNLI-m and MNLI-mm separately, main metric x100
     for c in eval_columns():
@@ -262,29 +272,39 @@ def run_model(
     return result
 
 
+def study_command(settings: StudySettings, out: str = "out/study") -> tuple[Path, Path]:
+    """pretrain, fine-tune and benchmark several models under one budget; write one report
+
+    The comparison study: one tokenizer and one set of shards for every model; each model is
+    pretrained under the same budget (--pretrain.budget), fine-tuned and evaluated on GLUE, and
+    its inference speed measured; the report (report.md with figures, and a self-contained
+    report.html) shows it side by side with the configuration, versions and hardware. Rerunning
+    the same command in the same --out resumes a killed study without redoing finished models.
+    With no --corpus/--glue it runs the quick-start study on the embedded sample data.
+
+    Args:
+        settings: the study (its fields are this command's flags).
+        out: study directory.
+    """
+    return run_study(out, settings)
+
+
 def run_study(
     out_dir: str | Path = "out/study",
-    models: Sequence[str] = TINY_MODELS,
-    budget: str = "60s",
-    corpus: Sequence[str | Path] = (),
-    glue: str | Path = "",
+    settings: StudySettings | None = None,
     *,
     log: Callable[[str], None] = print,
     after_model: Callable[[str], None] | None = None,
-    **settings: Any,
 ) -> tuple[Path, Path]:
     """Run (or resume) a study and write its report; returns (report.md, report.html).
 
-    Defaults give the quick-start study: the five tiny presets, 60 s of pretraining each, on
-    the embedded Wikipedia sample and GLUE slices. ``settings`` are further ``StudySettings``
-    fields. ``after_model`` is called after each finished model (tests use it to kill a study).
+    Default settings give the quick-start study: the five tiny presets, 60 s of pretraining
+    each, on the embedded Wikipedia sample and GLUE slices. ``after_model`` is called after each
+    finished model (tests use it to kill a study).
     """
     from ultracram.report.study_report import ModelResult, write_report  # matplotlib: only when reporting
 
-    for m in models:
-        get_preset(m)  # unknown presets fail before any work
-    s = StudySettings(models=tuple(models), budget=budget, corpus=tuple(str(c) for c in corpus), glue=str(glue),
-                      **settings)  # fmt: skip
+    s = settings or StudySettings()
     out = Path(out_dir)
     _check_settings(out, s)
     glue_dir = Path(s.glue) if s.glue else sample_glue_dir()
@@ -303,7 +323,7 @@ def run_study(
             after_model(m)
     covers = sorted({t for r in results for t in r["glue_average_covers"]})
     notes = [
-        f"Same tokenizer, shards and pretraining budget ({s.budget}) for every model; "
+        f"Same tokenizer, shards and pretraining budget ({s.pretrain.budget}) for every model; "
         f"GLUE dev scores x100, median of {s.seeds} seed(s).",
         f"GLUE average over the tasks present: {', '.join(covers) or 'none'} (WNLI excluded) - not the full GLUE score."
         if covers else "No GLUE average.",

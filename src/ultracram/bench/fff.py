@@ -21,7 +21,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -30,6 +30,7 @@ from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.kernels.cpu import set_num_threads
 from ultracram.model import build_model, for_inference
 from ultracram.model.feedforward import DenseFeedForward, FastFeedForward, GatedFeedForward
+from ultracram.settings import comma_list
 
 FFN_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 FFN_TOKENS_QUICK = (1, 64, 1024)
@@ -94,7 +95,7 @@ def _machine() -> dict[str, Any]:
 def ffn_layers(
     hidden: int = 768, depth: int = 11, trees: int = 1, seed: int = 0
 ) -> dict[str, torch.nn.Module]:
-    """The layers ``bench_ffn`` compares, with N(0, 0.02) weights (BERT's init), in eval mode.
+    """The layers ``bench_ffn_layers`` compares, with N(0, 0.02) weights (BERT's init), in eval mode.
 
     ``fff``: UltraFastBERT's FFF (K trees of depth D); ``dense``: H -> K*(2^(D+1)-1) -> H,
     the dense layer of the same width; ``glu``: crammed-bert's gated FFN (H -> 3072 -> H).
@@ -133,6 +134,44 @@ def ffn_calls(layers: dict[str, torch.nn.Module], x: torch.Tensor, fast: str) ->
 
 
 def bench_ffn(
+    tokens: list[int] | str | None = None,
+    threads: list[int] | str | None = None,
+    depth: int = 11,
+    min_time: float = 0.3,
+    device: Literal["cpu", "cuda"] = "cpu",
+    quick: bool = False,
+    out: str | None = "out/bench/ffn.json",
+    plot: str | None = "out/bench/ffn.png",
+) -> dict[str, Any]:
+    """FFF layer latency per implementation vs dense and GLU FFNs (tokens x threads)
+
+    Time one feedforward layer: FFF depth D through the masked reference, gather and the fast
+    kernel (cpu / triton), a dense FFN of the same width (768->4095->768) and crammed-bert's GLU
+    FFN, for each token count and thread count. Outputs are checked against the masked
+    reference and ratios are taken within the run. Writes JSON and a PNG plot.
+
+    Args:
+        tokens: comma list (default: 1,2,4,...,4096)
+        threads: comma list (default: 1 and all cores)
+        depth: FFF depth
+        min_time: seconds per point
+        device: cpu or cuda (fast path: the cpu kernel or the Triton one)
+        quick: small sweep: tokens 1,64,1024, 0.1 s per point
+        out: JSON output
+        plot: PNG plot
+    """
+    return bench_ffn_layers(
+        comma_list(tokens, int) or (FFN_TOKENS_QUICK if quick else FFN_TOKENS),
+        threads=comma_list(threads, int),
+        depth=depth,
+        min_time=0.1 if quick else min_time,
+        device=device,
+        out=out,
+        plot=plot,
+    )
+
+
+def bench_ffn_layers(
     tokens: Sequence[int] = FFN_TOKENS,
     threads: Sequence[int] | None = None,
     depth: int = 11,
@@ -143,8 +182,9 @@ def bench_ffn(
     plot: str | Path | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Latency of one feedforward layer per path, tokens x threads; returns (and writes to
-    ``out`` as JSON) the times, the output checks and the speed-ups over dense and GLU.
+    """The sweep behind ``bench_ffn``, at any hidden size: latency of one feedforward layer per
+    path, tokens x threads; returns (and writes to ``out`` as JSON) the times, the output checks
+    and the speed-ups over dense and GLU.
 
     Args:
         tokens: batch sizes in tokens.
@@ -211,27 +251,42 @@ def bench_ffn(
 
 
 def bench_model(
-    batches: Sequence[int] = (1, 32),
+    batches: list[int] | str | None = None,
     seq_len: int = 128,
-    threads: Sequence[int] | None = None,
+    threads: list[int] | str | None = None,
     preset: str = "ultrafastbert-1x11",
     baseline: str = "crammed-bert",
     min_time: float = 1.0,
-    out: str | Path | None = None,
-    seed: int = 0,
-    device: str = "cpu",
+    quick: bool = False,
+    device: Literal["cpu", "cuda"] = "cpu",
+    out: str | None = "out/bench/model.json",
 ) -> dict[str, Any]:
-    """Throughput of a whole encoder (hidden states; no MLM head) on ``device`` (CPU, or CUDA
-    where the fast path is the Triton kernel): ``preset`` through ``for_inference`` vs the same
-    weights through the masked reference vs ``baseline``.
+    """whole-encoder throughput: UltraFastBERT via for_inference vs masked reference vs crammed-bert
 
-    The fast model's hidden states are checked against the reference's in the same run:
-    ``max_relative_error`` over all hidden states, and ``tokens_off`` counts tokens whose
-    hidden state differs by more than 1e-4 of the scale (a routing decision flipped by a
-    logit within rounding of zero; see kernels/cpu.py).
+    Encoder forward (hidden states) at one sequence length and several batch sizes: the preset
+    through for_inference, the same weights through the masked FFF reference, and the baseline
+    preset. Hidden states are checked against the reference in the same run.
+
+    On CUDA the fast path is the Triton kernel and threads do not apply. The check:
+    max_relative_error over all hidden states, and tokens_off counts tokens whose hidden state
+    differs by more than 1e-4 of the scale (a routing decision flipped by a logit within
+    rounding of zero; see kernels/cpu.py).
+
+    Args:
+        batches: comma list (default: 1,32)
+        seq_len: tokens per sequence
+        threads: comma list (default: all cores)
+        preset: FFF preset
+        baseline: baseline preset
+        min_time: seconds per point
+        quick: batches 1,4 and 0.2 s per point
+        device: cpu or cuda
+        out: JSON output
     """
-    threads = list(threads or [all_threads()]) if device == "cpu" else [all_threads()]
-    torch.manual_seed(seed)
+    batches = comma_list(batches, int) or ([1, 4] if quick else [1, 32])
+    min_time = 0.2 if quick else min_time
+    threads = (comma_list(threads, int) or [all_threads()]) if device == "cpu" else [all_threads()]
+    torch.manual_seed(0)
     fast = build_model(get_preset(preset), task="encoder").eval().to(device)
     reference = build_model(get_preset(preset), task="encoder").eval().to(device)
     reference.load_state_dict(fast.state_dict())
@@ -254,7 +309,10 @@ def bench_model(
                                "max_relative_error": float(diff.max() / scale),
                                "tokens_off": int((diff > 1e-4 * scale).sum()), "tokens": batch * seq_len})  # fmt: skip
                 # Each call waits for the device, so a wall-clock time covers the kernels (CUDA is async).
-                timed = {name: (lambda model=model, ids=ids: (model(ids), sync())) for name, model in models.items()}
+                timed = {
+                    name: (lambda model=model, ids=ids: (model(ids), sync()))
+                    for name, model in models.items()
+                }
                 times = time_calls(timed, min_time, min_rounds=2)
                 for name, t in times.items():
                     results.append({"threads": n_threads, "batch": batch, "seq_len": seq_len, "model": name,

@@ -19,13 +19,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ultracram.config import get_preset
 from ultracram.model import build_model
 from ultracram.model.dispatch import fff_implementations
+from ultracram.settings import comma_list
 from ultracram.train import engine
 from ultracram.train.engine import precision_name, prepare, raw_module, setup_fabric, synchronize
 from ultracram.train.finetune import make_optimizer
@@ -35,16 +36,34 @@ from ultracram.train.finetune_settings import PROTOCOLS
 def bench_finetune(
     preset: str = "ultrafastbert-1x11",
     *,
-    paths: tuple[str, ...] = ("masked", "auto"),
+    paths: list[str] | str = "masked,auto",
     batch_size: int = 16,
     seq_len: int = 128,
     rounds: int = 3,
-    protocol: str = "sane",
+    protocol: Literal["sane", "bert"] = "sane",
     device: str = "cpu",
     precision: str = "auto",
-    out: str | Path | None = "out/bench/finetune.json",
+    out: str | None = "out/bench/finetune.json",
 ) -> dict[str, Any]:
-    """Seconds per fine-tuning step of ``preset`` for each FFF path in ``paths``; JSON + table."""
+    """one GLUE fine-tuning step per FFF path through the training engine, vs masked
+
+    Time the step `ultracram glue` takes (engine.train_step on a classifier) for each FFF path,
+    in interleaved rounds, with the ratio to the masked reference from the same run and the
+    first-step loss difference. auto = what `ultracram glue` uses (the conditional kernels).
+    Prints a table and writes JSON.
+
+    Args:
+        preset: model preset
+        paths: FFF paths, comma list with masked
+        batch_size: examples per step
+        seq_len: tokens per example
+        rounds: timed steps per path
+        protocol: GLUE protocol whose classifier (dropout, pooler) and optimizer are timed
+        device: cpu or cuda
+        precision: auto or a Lightning precision
+        out: JSON output
+    """
+    paths = comma_list(paths)
     if "masked" not in paths:
         raise ValueError("paths must include masked, the reference the ratios are taken against")
     s = PROTOCOLS[protocol]
@@ -56,7 +75,9 @@ def bench_finetune(
     base = build_model(config, "classification", num_labels=2)
     g = torch.Generator().manual_seed(0)
     batch = {
-        "input_ids": fabric.to_device(torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)),
+        "input_ids": fabric.to_device(
+            torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)
+        ),
         "attention_mask": fabric.to_device(torch.ones(batch_size, seq_len, dtype=torch.long)),
         "labels": fabric.to_device(torch.randint(2, (batch_size,), generator=g)),
     }
@@ -70,7 +91,9 @@ def bench_finetune(
 
     def step(path: str) -> float:
         r = runs[path]
-        return engine.train_step(fabric, r["model"], r["optimizer"], [batch], grad_clip=s.grad_clip, lr=s.lr).loss
+        return engine.train_step(
+            fabric, r["model"], r["optimizer"], [batch], grad_clip=s.grad_clip, lr=s.lr
+        ).loss
 
     # The first step from the same weights and dropout masks: the same loss on every path.
     first = {}

@@ -15,9 +15,8 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -27,6 +26,7 @@ from ultracram.data.glue import find_split, load_split, parse_tasks
 from ultracram.data.sample import read_sample_paragraphs
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
+from ultracram.settings import comma_list
 from ultracram.train.finetune import finetune_run, subsample
 from ultracram.train.finetune_settings import FinetuneSettings, resolve_settings
 
@@ -39,18 +39,33 @@ def _tiny_checkpoint(preset: str, directory: Path, tokenizer_path: Path, vocab_s
 
 
 def bench_glue(
-    glue_dirs: Sequence[str | Path],
+    glue_dir: list[str],
     *,
-    presets: Sequence[str] = DEFAULT_PRESETS,
-    tasks: str = "cola,sst2,mrpc,stsb,rte,wnli",
+    presets: list[str] | str = "crammed-bert-tiny,bert-tiny,ultrafastbert-tiny,fnet-tiny,switch-tiny",
+    tasks: list[str] | str = "cola,sst2,mrpc,stsb,rte,wnli",
     max_train_examples: int = 256,
     max_eval_examples: int = 256,
-    protocol: str = "sane",
+    protocol: Literal["sane", "bert"] = "sane",
     device: str | None = None,
-    out: str | Path | None = "out/bench/glue.json",
+    out: str | None = "out/bench/glue.json",
 ) -> dict[str, Any]:
-    """Seconds per task per preset (measured on subsets, extrapolated to the full task)."""
-    chosen = [t for t in parse_tasks(tasks) if find_split(t, "train", glue_dirs) is not None]
+    """minutes per GLUE task per model preset (fine-tuning + dev evaluation)
+
+    Fine-tune random-init presets for one epoch on subsets of each GLUE task and extrapolate
+    the time of the full task under the protocol; ratios against the first preset.
+
+    Args:
+        glue_dir: GLUE directory (repeatable)
+        presets: comma list of presets; the first is the reference
+        tasks: comma list
+        max_train_examples: train examples timed per task
+        max_eval_examples: dev examples timed per task
+        protocol: protocol to extrapolate to
+        device: cpu or cuda (default: cuda when available)
+        out: JSON output
+    """
+    presets = comma_list(presets)
+    chosen = [t for t in parse_tasks(tasks) if find_split(t, "train", glue_dir) is not None]
     settings = resolve_settings(chosen, protocol)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
@@ -60,8 +75,8 @@ def bench_glue(
         tok.save(str(tmp_path / "tokenizer.json"))
         data = {}
         for t in chosen:
-            train = load_split(t, "train", glue_dirs)
-            devs = [load_split(t, s, glue_dirs) for s in t.dev_splits if find_split(t, s, glue_dirs)]
+            train = load_split(t, "train", glue_dir)
+            devs = [load_split(t, s, glue_dir) for s in t.dev_splits if find_split(t, s, glue_dir)]
             data[t.name] = (train, devs)
         for preset in presets:
             ckpt = _tiny_checkpoint(

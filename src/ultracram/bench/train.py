@@ -24,6 +24,7 @@ from ultracram.data.mlm import mask_tokens
 from ultracram.data.tokenizer import SPECIAL_TOKENS
 from ultracram.kernels import TRAINABLE_FFF_IMPLEMENTATIONS
 from ultracram.model import build_model, flops_per_token, parameter_counts
+from ultracram.settings import comma_list
 from ultracram.train import engine
 from ultracram.train.engine import precision_name, prepare, setup_fabric, synchronize
 from ultracram.train.metrics import peak_flops
@@ -38,7 +39,7 @@ def tiny_presets() -> list[str]:
 
 
 def bench_train(
-    presets: list[str] | None = None,
+    presets: list[str] | str | None = None,
     *,
     full: bool = False,
     steps: int | None = None,
@@ -48,23 +49,44 @@ def bench_train(
     device: str = "auto",
     precision: str = "auto",
     compile: bool = False,
-    fff_paths: tuple[str, ...] = ("masked", "gather", "conditional"),
+    fff_paths: list[str] | str = "masked,gather,conditional",
     max_batch: int = 0,
-    out: str | Path | None = "out/bench/train.json",
+    out: str | None = "out/bench/train.json",
 ) -> dict[str, Any]:
-    """Measure every preset (default: the tiny ones, plus the full ones with ``full``) and
-    write a JSON report; returns it. ``steps``/``batch_size`` default to 10/32 for tiny and
-    3/8 for full-size presets. FFF presets run once per entry of ``fff_paths``.
+    """training throughput (tokens/s) and MFU of each preset over a fixed number of steps
 
-    ``max_batch`` > 0: find the largest micro batch that fits, per preset and path, by doubling
-    from ``batch_size`` up to ``max_batch`` until a step runs out of device memory (one step
-    each), then measure at that size. Each result records the peak device memory (CUDA)."""
+    Time a fixed number of MLM training steps (forward, backward, AdamW) per preset on random
+    tokens, after warm-up steps; report tokens/s and MFU (3 x forward FLOPs per token from
+    ultracram.model.flops_per_token over the device's peak). Tiny presets by default; --full adds
+    the full-size presets with fewer steps. FFF presets run once per --fff_paths entry, with
+    ratios to their own masked run and to crammed-bert of the same size. With --max_batch, the
+    largest micro batch that fits is found per preset and path by doubling from --batch_size
+    (one step each) until a step runs out of device memory; each result records the peak
+    device memory (CUDA). Writes a JSON report and returns it.
+
+    Args:
+        presets: comma list (default: every *-tiny preset, plus the full presets with --full)
+        full: also the full-size presets
+        steps: timed steps (default: 10 tiny, 3 full)
+        warmup: untimed steps first
+        batch_size: sequences per step (default: 32 tiny, 8 full)
+        seq_len: tokens per sequence
+        device: cpu, cuda or auto
+        precision: auto, 32-true, bf16-mixed, 16-mixed
+        compile: torch.compile each model
+        fff_paths: FFF training paths to time for FFF presets
+        max_batch: find the largest micro batch that fits by doubling --batch_size up to this (0: off)
+        out: JSON output
+    """
     from rich.console import Console
     from rich.table import Table
 
+    presets, fff_paths = comma_list(presets), comma_list(fff_paths)
     unknown = [p for p in fff_paths if p not in TRAINABLE_FFF_IMPLEMENTATIONS]
     if unknown:
-        raise ValueError(f"unknown FFF training path(s) {unknown}; trainable: {', '.join(TRAINABLE_FFF_IMPLEMENTATIONS)}")
+        raise ValueError(
+            f"unknown FFF training path(s) {unknown}; trainable: {', '.join(TRAINABLE_FFF_IMPLEMENTATIONS)}"
+        )
 
     names = presets or (tiny_presets() + (FULL_PRESETS if full else []))
     fabric = setup_fabric(device, 1, precision=precision)
@@ -76,7 +98,11 @@ def bench_train(
         n_steps = steps or (10 if small else 3)
         batch = batch_size or (32 if small else 8)
         for path in fff_paths if get_preset(name).ffn == "fff" else (None,):
-            fits = _largest_batch(fabric, name, batch, max_batch, seq_len, compile, peak, path) if max_batch else batch
+            fits = (
+                _largest_batch(fabric, name, batch, max_batch, seq_len, compile, peak, path)
+                if max_batch
+                else batch
+            )
             results.append(_bench_one(fabric, name, n_steps, warmup, fits, seq_len, compile, peak, path))
             r = results[-1]
             console.print(f"{_shown(r)}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%}")

@@ -209,6 +209,14 @@ def _vocab_dtype(vocab_size: int) -> np.dtype:
 # --------------------------------------------------------------------------------------------
 
 
+def default_token_ratio(vocab_size: int) -> float:
+    """Cramming's document filter keeps documents with at most this many tokens per character:
+    0.25 for vocabularies of 32768 and more (Geiping & Goldstein 2022), 0.5 below, because a
+    4096-token vocabulary splits ordinary English into ~0.27 tokens per character, so 0.25
+    would drop most of it."""
+    return 0.25 if vocab_size >= 32768 else 0.5
+
+
 def prepare_corpus(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -218,7 +226,7 @@ def prepare_corpus(
     dedup: bool = False,
     sort_by_length: bool = False,
     sort_buffer: int = 16384,
-    max_token_ratio: float = 0.25,
+    max_token_ratio: float | None = None,
     workers: int | None = None,
     batch_docs: int = 64,
     batch_chars: int = 1 << 20,
@@ -234,7 +242,8 @@ def prepare_corpus(
     (or a directory holding one); it is copied into ``out_dir``. ``dedup`` drops exact duplicate
     documents (case and whitespace normalised; ~8 bytes of memory per distinct document).
     ``sort_by_length`` packs documents shortest first within buffers of ``sort_buffer`` docs.
-    Documents with more than ``max_token_ratio`` x characters tokens are dropped. ``workers``
+    Documents with more than ``max_token_ratio`` x characters tokens are dropped (None:
+    ``default_token_ratio`` of the tokenizer's vocabulary). ``workers``
     processes tokenise (default: all cores; 0 tokenises in this process with the tokenizer's own
     threads). With ``resume`` (default), a killed run with the same settings continues after its
     last complete shard; otherwise (or when the settings differ) it starts over.
@@ -273,6 +282,7 @@ def prepare_corpus(
             f"{tok_path}: tokenizer has no [CLS]/[SEP] token; train it with `ultracram tokenizer train`"
         )
     vocab_size = tok.get_vocab_size()
+    max_token_ratio = default_token_ratio(vocab_size) if max_token_ratio is None else max_token_ratio
     dtype = _vocab_dtype(vocab_size)
     files = find_text_files(inputs)
     tok_json = tok_path.read_text(encoding="utf-8")
@@ -473,7 +483,7 @@ def _check_numbers(**values: float | None) -> None:
         low = least.get(name, 1)
         bad = value <= low if name == "max_token_ratio" else value < low
         if bad:
-            flag = name if name.startswith("batch_") else "--" + name.replace("_", "-")  # not CLI flags
+            flag = name if name.startswith("batch_") else "--" + name  # batch_*: not CLI flags
             op = "greater than" if name == "max_token_ratio" else "at least"
             raise DataError(f"{flag} must be {op} {low}, got {value}")
 

@@ -19,7 +19,6 @@ with the input is a ``GlueDataError`` naming the file, the line and what was exp
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from ultracram.errors import UltracramError, optional_import
+from ultracram.settings import suggest
 
 Metric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
 
@@ -113,13 +113,8 @@ def get_task(name: str) -> GlueTask:
     """The task called ``name`` (case-insensitive; ``SST-2`` and ``sst2`` both work)."""
     key = name.lower().replace("-", "")
     if key not in TASKS:
-        raise GlueDataError(f"unknown GLUE task {name!r}{_did_you_mean(key)}; known: {', '.join(TASKS)}")
+        raise GlueDataError(f"unknown GLUE task {name!r}{suggest(key, TASKS)}; known: {', '.join(TASKS)}")
     return TASKS[key]
-
-
-def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, list(TASKS), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_tasks(spec: str | Sequence[str]) -> list[GlueTask]:
@@ -130,7 +125,7 @@ def parse_tasks(spec: str | Sequence[str]) -> list[GlueTask]:
         return list(TASKS.values())
     problems = [n for n in names if n.lower().replace("-", "") not in TASKS]
     if problems or not names:
-        hints = "".join(_did_you_mean(n.lower().replace("-", "")) for n in problems)
+        hints = "".join(suggest(n.lower().replace("-", ""), TASKS) for n in problems)
         raise GlueDataError(f"unknown GLUE task(s) {', '.join(map(repr, problems)) or '(none given)'}{hints}; "
                             f"expected 'all' or a comma-separated list of: {', '.join(TASKS)}")  # fmt: skip
     chosen = {get_task(n).name for n in names}

@@ -139,6 +139,42 @@ def train_tokenizer_files(
     return path
 
 
+def train_tokenizer_command(
+    input: list[str],
+    out: str,
+    vocab_size: int = 32768,
+    min_frequency: int = 2,
+    limit_alphabet: int | None = None,
+    max_documents: int | None = None,
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """train a WordPiece tokenizer on text files/directories (plain, .xz, .gz, .zst) -> DIR/tokenizer.json
+
+    Train a WordPiece tokenizer with Hugging Face tokenizers, streaming the text. Lowercases
+    and strips accents by default; special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4;
+    template [CLS] A [SEP] (B [SEP]).
+
+    Args:
+        input: text files or directories
+        out: output directory for tokenizer.json
+        vocab_size: vocabulary size, special tokens included
+        min_frequency: how often a pair must occur to be merged
+        limit_alphabet: keep the N most frequent characters (default: vocab/16, between 100 and
+            1000; the rest become [UNK])
+        max_documents: train on the first N documents only
+        lowercase: lowercase the text (false: keep case)
+        strip_accents: strip accents (false: keep them)
+        overwrite: replace a tokenizer.json already in --out
+    """
+    path = train_tokenizer_files(input, out, vocab_size, lowercase=lowercase, strip_accents=strip_accents,
+                                 min_frequency=min_frequency, max_documents=max_documents,
+                                 limit_alphabet=limit_alphabet, show_progress=True, overwrite=overwrite)  # fmt: skip
+    print(f"wrote {path}")
+    return path
+
+
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     """Write ``tokenizer`` to ``path`` atomically (a kill leaves the old file or the new one,
     never an empty or partial ``tokenizer.json``). Returns ``path``."""

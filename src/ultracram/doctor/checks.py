@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ultracram.config import IGNORE_INDEX, masked_token_count
-from ultracram.doctor.setup import Batch, TrainingSetup, default_setup, parse_overrides
+from ultracram.doctor.setup import Batch, DoctorSettings, TrainingSetup, default_setup
 from ultracram.fileio import atomic_write_text
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -720,27 +720,26 @@ def _jsonable(x: Any) -> Any:
 
 
 def run_preflight(
-    preset: str = "crammed-bert-tiny",
+    settings: DoctorSettings | None = None,
     *,
-    data: str | Path | None = None,
-    tokenizer: str | Path | None = None,
-    overrides: list[str] | None = None,
     out_dir: str | Path = "out/doctor",
     only: list[str] | None = None,
     setup: TrainingSetup | None = None,
     options: DoctorOptions | None = None,
     console: Any = None,
 ) -> list[CheckResult]:
-    """``ultracram doctor --preset P``: build the default setup, run every check, print a table
-    and write ``out_dir/doctor.json`` (and ``lr_range.png``). Returns the results."""
+    """``ultracram doctor --preset P``: build the default setup of ``settings`` (unless a
+    ``setup`` is given), run every check, print a table and write ``out_dir/doctor.json`` (and
+    ``lr_range.png``). Returns the results."""
     from rich.console import Console
 
     console = console or Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if setup is None:
-        model_over, setup_over = parse_overrides(overrides or [])
-        setup = default_setup(preset, data=data, tokenizer=tokenizer, overrides=model_over, **setup_over)
+        s = settings or DoctorSettings()
+        setup = default_setup(s.preset, data=s.data, tokenizer=s.tokenizer, overrides=s.model, lr=s.lr,
+                              batch_size=s.batch_size, seq_len=s.seq_len, seed=s.seed)  # fmt: skip
     opts = options or DoctorOptions()
     opts.out_dir = out
     console.print(f"[bold]ultracram doctor[/]: {setup.description or setup.config.name}, lr {setup.lr:g}")

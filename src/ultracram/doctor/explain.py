@@ -3,7 +3,7 @@
 For every FastFeedForward layer and tree, a token's path is the D+1 nodes it visits (breadth-
 first numbering: node n's children are 2n+1 on a non-positive pre-activation, 2n+2 on a positive
 one). Writes, per layer: ``layerL_tree.png`` (the tree with each node's visit count; trees deeper
-than ``max_draw_depth`` show their top levels), ``layerL_paths.png`` (tokens x levels heatmap of the
+than ``MAX_DRAW_DEPTH`` show their top levels), ``layerL_paths.png`` (tokens x levels heatmap of the
 node reached at each level, with the turn L/R written in each cell) and ``explain.md`` with a text
 summary (paths as L/R strings, leaves reached, routing entropy per level).
 """
@@ -24,6 +24,8 @@ from ultracram.errors import UltracramError
 from ultracram.fileio import atomic_write_text
 from ultracram.kernels import fff_paths
 from ultracram.model.feedforward import FastFeedForward
+
+MAX_DRAW_DEPTH = 6  # trees are drawn to this level: its 64 nodes already fill the widest figure (24 in)
 
 
 class ExplainError(UltracramError, ValueError):
@@ -121,12 +123,19 @@ def _draw_paths(paths: torch.Tensor, tokens: list[str], title: str, path: Path) 
     plt.close(fig)
 
 
-def explain_fff(
-    checkpoint: str | Path, text: str, out_dir: str | Path = "out/explain", *, max_draw_depth: int = 6,
-    console: Any = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Load an FFF checkpoint and its tokenizer (``checkpoint/tokenizer.json``), route ``text``
-    and write the pictures and ``explain.md`` / ``explain.json`` to ``out_dir``."""
+def explain_fff(checkpoint: str, text: str, out: str = "out/explain") -> dict[str, Any]:
+    """token paths through the FFF trees of a checkpoint: tree diagrams, heatmaps, routing entropy
+
+    The path each token of --text takes through each tree of each FFF layer, visit counts per
+    node, leaves reached and routing entropy; writes tree diagrams and per-token path heatmaps
+    (PNG), explain.md and explain.json to --out. A pretraining output directory (with model/)
+    works as --checkpoint too.
+
+    Args:
+        checkpoint: checkpoint directory (with tokenizer.json)
+        text: text to route through the model
+        out: output directory
+    """
     from rich.console import Console
 
     if not text.strip():
@@ -142,7 +151,7 @@ def explain_fff(
     ids = enc.ids[: model.config.max_seq_len]
     tokens = enc.tokens[: len(ids)]
     paths = fff_token_paths(model, torch.tensor([ids]))
-    out = Path(out_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"checkpoint": str(ckpt), "tokens": tokens, "layers": {}}
     md = [f"# FFF routing of {len(tokens)} tokens", "", f"checkpoint `{ckpt}`; text: {text!r}", ""]
@@ -156,7 +165,7 @@ def explain_fff(
         files = []
         for k in range(min(K, 4)):  # the first trees; all of them are in the JSON
             tree_png, path_png = out / f"layer{li}_tree{k}.png", out / f"layer{li}_paths{k}.png"
-            _draw_tree(counts[k], depth, f"{name} tree {k}", tree_png, max_draw_depth)
+            _draw_tree(counts[k], depth, f"{name} tree {k}", tree_png, MAX_DRAW_DEPTH)
             _draw_paths(p[:, k], tokens, f"{name} tree {k}: path per token", path_png)
             files += [tree_png.name, path_png.name]
         leaves = [[int(p[t, k, -1]) - (2**depth - 1) for k in range(K)] for t in range(T)]
@@ -170,7 +179,7 @@ def explain_fff(
         md += ["", *[f"![{f}]({f})" for f in files], ""]
     atomic_write_text(out / "explain.md", "\n".join(md) + "\n")
     atomic_write_text(out / "explain.json", json.dumps(report) + "\n")
-    console = console or Console()
+    console = Console()
     for name, layer in report["layers"].items():
         u = layer["usage"]
         console.print(f"[bold]{name}[/]: {u['leaves_reached']}/{u['leaves_total']} leaves reached; entropy/level "

@@ -30,6 +30,7 @@ from ultracram.data.sample import read_sample_paragraphs
 from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
 from ultracram.errors import UltracramError
 from ultracram.model import build_model
+from ultracram.settings import SettingsError
 from ultracram.train import engine
 from ultracram.train.optim import build_optimizer
 from ultracram.train.pretrain_config import RECIPES, PretrainConfig, resolve_recipe
@@ -215,51 +216,44 @@ def _tokenizer_info(tokenizer: Any) -> TokenizerInfo:
                          mask_id=tid("[MASK]", 4))  # fmt: skip
 
 
-# Setup fields that ``--set`` may change besides the model config.
-SETUP_KEYS = {"lr": float, "seed": int, "batch_size": int, "seq_len": int}
+@dataclass(frozen=True)
+class DoctorSettings:
+    """What ``ultracram doctor`` checks: a preflight of a preset's setup, or a run's post-mortem."""
 
+    preset: str = "crammed-bert-tiny"
+    """Model preset (ultracram models lists them)."""
+    data: str | None = None
+    """Token-shard directory (ultracram data prepare); null: the embedded Wikipedia sample."""
+    tokenizer: str | None = None
+    """tokenizer.json; null: DATA/tokenizer.json, or one trained on the sample."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model config overrides, as in pretrain: --model.num_layers 1 --model.mask_rate 0.15."""
+    lr: float | None = None
+    """Peak learning rate; null: the recipe's (as ultracram pretrain picks it)."""
+    seed: int = 0
+    """Seed of the model, the batches and the masking."""
+    batch_size: int = 8
+    """Sequences per check batch."""
+    seq_len: int = 64
+    """Tokens per sequence."""
+    only: list[str] | None = None
+    """Run only these checks (repeat the flag, or a comma list): vocab, data, overlap, labels,
+    special_tokens, padding, init_loss, loss_function, gradients, grad_zeroing, overfit,
+    determinism, lr_range, mixed_precision."""
+    run: str | None = None
+    """Post-mortem of this run directory instead of the preflight checks."""
+    out: str | None = None
+    """Output directory; null: out/doctor, or RUN/doctor with --run."""
 
-def parse_overrides(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``key=value`` strings -> (model config overrides, setup overrides). Values are parsed
-    as int, float, bool (true/false) or left as strings; every bad item is reported at once."""
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    model: dict[str, Any] = {}
-    other: dict[str, Any] = {}
-    problems = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep:
-            problems.append(f"--set {item!r}: expected key=value")
-            continue
-        value = _parse_value(raw.strip())
-        if key in SETUP_KEYS:
-            try:
-                other[key] = SETUP_KEYS[key](value)
-            except (TypeError, ValueError):
-                problems.append(f"--set {key}: expected {SETUP_KEYS[key].__name__}, got {raw!r}")
-        elif key in model_keys:
-            model[key] = value
-        else:
-            import difflib
-
-            close = difflib.get_close_matches(key, sorted(model_keys | set(SETUP_KEYS)), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"--set {key}: unknown key{hint}; model config fields or {', '.join(SETUP_KEYS)}")
-    if problems:
-        raise DoctorError("bad overrides:\n" + "\n".join(f"  - {p}" for p in problems))
-    return model, other
-
-
-def _parse_value(raw: str) -> Any:
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            problems.append(f"lr: must be > 0, got {self.lr}")
+        if problems:
+            raise SettingsError(problems, "doctor settings")
 
 
 def _split_rows(rows: list[list[int]], valid_fraction: float = 0.05) -> tuple[list, list]:

@@ -20,7 +20,7 @@ import json
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
@@ -123,3 +123,26 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
             )
 
     return atomic_replace_dir(out, build)
+
+
+def export_command(checkpoint: str, out: str, format: Literal["hf"] = "hf", overwrite: bool = False) -> Path:
+    """write an ultracram checkpoint as a Hugging Face transformers directory
+
+    Write a checkpoint as a directory that transformers loads offline: bert-* models as a native
+    BertForMaskedLM / BertForSequenceClassification, every other model with a self-contained
+    modeling_ultracram.py (load with trust_remote_code=True through AutoModel,
+    AutoModelForMaskedLM or AutoModelForSequenceClassification). The tokenizer is included.
+    Prints the directory written.
+
+    Args:
+        checkpoint: ultracram checkpoint directory
+        out: directory to write
+        format: output format
+        overwrite: replace an earlier `ultracram export` output at --out (a non-empty directory
+            that is not one is always refused)
+    """
+    path = export_checkpoint(checkpoint, out, format=format, overwrite=overwrite)
+    print(path)
+    if needs_remote_code(path):
+        print("note: not a BERT; load it with trust_remote_code=True (it ships modeling_ultracram.py)")
+    return path

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tokenizers import BertWordPieceTokenizer
@@ -205,3 +205,30 @@ def import_checkpoint(
                                    extra={"imported_from": str(source.resolve()), "import_format": detected})  # fmt: skip
         except CheckpointError as e:
             raise ConversionError(str(e)) from e
+
+
+def import_command(
+    source: str,
+    out: str,
+    format: Literal["auto", "hf-bert", "cramming", "hf-ultracram"] = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """convert a published checkpoint (HF BERT, crammedBERT, UltraFastBERT) into an ultracram one
+
+    Convert a local checkpoint directory (config.json + model.safetensors or pytorch_model.bin,
+    read with torch.load(weights_only=True)) into an ultracram checkpoint. Formats: hf-bert
+    (BertForMaskedLM -> bert-base architecture with its MLM head), cramming (crammedBERT ->
+    crammed-bert; UltraFastBERT, intermed_type fff -> ultrafastbert-KxD), hf-ultracram (a
+    directory written by `ultracram export`). Every tensor is mapped explicitly; missing, unused
+    or mis-shaped tensors are errors. No network access. Prints the checkpoint written.
+
+    Args:
+        source: checkpoint directory to convert
+        out: ultracram checkpoint directory to write
+        format: source format (auto: detected from config.json)
+        overwrite: replace an earlier `ultracram import` output at --out (a non-empty directory
+            that is not one is always refused)
+    """
+    path = import_checkpoint(source, out, format=format, overwrite=overwrite)
+    print(path)
+    return path

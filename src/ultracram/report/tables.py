@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import json as jsonlib  # "json" is print_model_table's parameter (the --json flag)
 
 from rich.console import Console
 from rich.table import Table
@@ -29,10 +29,19 @@ def model_rows() -> list[dict]:
     return rows
 
 
-def print_model_table(as_json: bool = False) -> None:
+def print_model_table(json: bool = False) -> None:
+    """list model presets with parameter counts and FLOPs per token
+
+    List every preset: family, parameters (embedding / non-embedding) and forward FLOPs per
+    token at the preset's sequence length (formula: ultracram.model.flops_per_token). Any
+    ultrafastbert-KxD (K trees of depth D) also works where a preset is asked for.
+
+    Args:
+        json: print JSON instead of a table
+    """
     rows = model_rows()
-    if as_json:
-        print(json.dumps(rows, indent=2))
+    if json:
+        print(jsonlib.dumps(rows, indent=2))
         return
     table = Table(title="ultracram presets (forward FLOPs per token at the preset's sequence length)")
     for col in ("preset", "mixer", "ffn", "L", "H", "vocab", "params M", "emb. M", "non-emb. M", "MFLOP/tok"):

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,8 +70,6 @@ from ultracram.train.engine import (
 from ultracram.train.finetune_settings import (
     FinetuneError,
     FinetuneSettings,
-    load_settings_file,
-    parse_set_options,
     resolve_settings,
 )
 from ultracram.train.glue_table import glue_markdown
@@ -465,7 +463,7 @@ def run_glue(
     tasks: str | Sequence[str] = "all",
     seeds: int = 1,
     protocol: str = "sane",
-    overrides: dict[str, Any] | None = None,
+    overrides: FinetuneSettings | dict[str, Any] | None = None,
     task_overrides: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     devices: int = 1,
@@ -489,6 +487,8 @@ def run_glue(
         raise FinetuneError(f"--devices must be an integer >= 1, got {devices!r}")
     if not glue_dirs:
         raise FinetuneError("no GLUE directory given; pass --glue-dir DIR")
+    chosen = parse_tasks(tasks)  # the settings first: they need no file
+    settings = resolve_settings(chosen, protocol, overrides, task_overrides)
     labels = checkpoint_labels(checkpoints)
     checkpoints = [split_checkpoint_arg(c)[1] for c in checkpoints]
     for c in checkpoints:  # fail early on a bad checkpoint, before any training
@@ -497,8 +497,6 @@ def run_glue(
             raise FinetuneError(f"checkpoint {c} has no tokenizer.json; GLUE needs the pretraining tokenizer")
         load_checkpoint_tokenizer(c)  # the model's own tokenizer (sha256, vocabulary size)
         load_checkpoint(c)  # checksum, tensor names and shapes, finite weights
-    chosen = parse_tasks(tasks)
-    settings = resolve_settings(chosen, protocol, overrides, task_overrides)
     dev = _parse_device(device)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -644,32 +642,50 @@ def iter_results(results: dict[str, Any]) -> Iterator[tuple[str, str, str, float
                     yield entry["label"], c.label, metric, v["median"]
 
 
-def run_glue_command(
-    checkpoints: Sequence[str],
-    glue_dirs: Sequence[str],
-    out_dir: str,
-    *,
+_UNSET = FinetuneSettings()  # every protocol value unset: the protocol decides
+_NO_TASK_SETTINGS: dict[str, dict[str, Any]] = {}  # read only (a jsonargparse default must be a dict)
+
+
+def glue_command(
+    checkpoint: list[str],
+    glue_dir: list[str],
     tasks: str = "all",
+    out: str = "out/glue",
     seeds: int = 1,
-    protocol: str | None = None,
-    settings_file: str | None = None,
-    set_options: Sequence[str] = (),
-    shortcuts: dict[str, Any] | None = None,
+    protocol: Literal["sane", "bert"] = "sane",
+    finetune: FinetuneSettings = _UNSET,
+    per_task: dict[str, dict[str, Any]] = _NO_TASK_SETTINGS,
+    include_wnli: bool = False,
     device: str | None = None,
     devices: int = 1,
     precision: str = "auto",
-    include_wnli: bool = False,
 ) -> dict[str, Any]:
-    """``ultracram glue``: merge the settings file, the flag shortcuts (``--epochs`` ...) and
-    ``--set`` options, in that order of increasing priority, then ``run_glue``."""
-    file = load_settings_file(settings_file) if settings_file else {}
-    common = {**file.get("all", {}), **{k: v for k, v in (shortcuts or {}).items() if v is not None}}
-    per_task = {k: dict(v) for k, v in file.get("tasks", {}).items()}
-    set_common, set_tasks = parse_set_options(set_options)
-    common.update(set_common)
-    for k, v in set_tasks.items():
-        per_task.setdefault(k, {}).update(v)
-    return run_glue(checkpoints, glue_dirs, out_dir, tasks=tasks, seeds=seeds,
-                    protocol=protocol or file.get("protocol", "sane"), overrides=common,
+    """fine-tune checkpoints on GLUE and evaluate on the dev sets
+
+    Fine-tune each --checkpoint on each GLUE task for --seeds seeds, evaluate on dev, and write
+    OUT/results.json and OUT/results.md (one row per checkpoint, median over seeds, average
+    last). Reruns skip finished runs and resume interrupted ones. Settings: the --protocol, then
+    --finetune.KEY VALUE for every task, then --per_task.TASK.KEY VALUE for one task (e.g.
+    --finetune.lr 2e-5 --per_task.rte.epochs 10); a --config file holds the same keys. See
+    docs/glue.md.
+
+    Args:
+        checkpoint: checkpoint directory with tokenizer.json, as [NAME=]DIR; repeat to compare
+            several in one table.
+        glue_dir: glue_data directory or HF parquet directory; repeat to search several in order.
+        tasks: 'all' or a comma list, e.g. cola,sst2.
+        out: output directory.
+        seeds: seeds per task; the median is reported.
+        protocol: cramming's GLUE-sane or BERT's original recipe; it sets every fine-tuning
+            setting left at null.
+        finetune: fine-tuning settings for every task (null: the protocol's).
+        per_task: settings for one task, e.g. --per_task.rte.epochs 10 (keys as --finetune).
+        include_wnli: count WNLI in the average.
+        device: cpu, cuda or cuda:N (default: cuda when available).
+        devices: processes that share each step's batch (DDP), as in pretrain.
+        precision: auto (bf16-mixed on CUDA with bf16, 16-mixed on older cards, 32-true on CPU,
+            as in pretrain) or a Lightning precision.
+    """
+    return run_glue(checkpoint, glue_dir, out, tasks=tasks, seeds=seeds, protocol=protocol, overrides=finetune,
                     task_overrides=per_task, device=device, devices=devices, precision=precision,
                     include_wnli=include_wnli)  # fmt: skip

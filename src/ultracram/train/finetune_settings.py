@@ -1,21 +1,22 @@
 """GLUE fine-tuning settings: ``FinetuneSettings`` (one run's hyperparameters), the protocols
-(cramming's GLUE-sane and BERT's), and how overrides for all tasks and per task are merged and
-checked (every unknown key, bad value and unknown task reported at once)."""
+(cramming's GLUE-sane and BERT's), and how the settings for all tasks and the per-task ones
+are merged onto a protocol and checked (every unknown key, bad value and unknown task at once).
+
+On the command line (``ultracram glue``, ``ultracram study``): ``--protocol bert``,
+``--finetune.lr 2e-5`` (every task), ``--per_task.rte.epochs 10`` (one task); in a config
+file the same keys: ``{"protocol": ..., "finetune": {...}, "per_task": {"rte": {...}}}``."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from ultracram.data.glue import TASKS, GlueTask
 from ultracram.errors import UltracramError
+from ultracram.settings import coerce_fields, suggest
 
 Schedule = Literal["cosine", "linear", "constant"]
 
@@ -26,24 +27,27 @@ class FinetuneError(UltracramError, ValueError):
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Hyperparameters of one fine-tuning run. Field docstrings feed the docs."""
+    """Fine-tuning settings (null: the protocol's value)
 
-    epochs: float = 5.0
-    """Passes over the training set (fractions allowed)."""
-    batch_size: int = 16
-    """Training examples per step."""
-    lr: float = 4e-5
-    """Peak learning rate of AdamW."""
+    Hyperparameters of one fine-tuning run; ``resolve_settings`` fills the None fields from a
+    protocol (``PROTOCOL_VALUES``)."""
+
+    epochs: float | None = None
+    """Passes over the training set, fractions allowed (sane: 5, bert: 3)."""
+    batch_size: int | None = None
+    """Training examples per step (sane: 16, bert: 32)."""
+    lr: float | None = None
+    """Peak learning rate of AdamW (sane: 4e-5, bert: 2e-5)."""
     beta1: float = 0.9
     """AdamW beta1."""
-    beta2: float = 0.98
-    """AdamW beta2 (cramming: 0.98; BERT: 0.999)."""
+    beta2: float | None = None
+    """AdamW beta2 (sane: 0.98, bert: 0.999)."""
     eps: float = 1e-6
     """AdamW epsilon."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay (never on biases and LayerNorm weights)."""
-    schedule: Schedule = "cosine"
-    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
+    weight_decay: float | None = None
+    """Decoupled weight decay, never on biases and LayerNorm weights (sane: 0, bert: 0.01)."""
+    schedule: Schedule | None = None
+    """Learning-rate decay after warmup: cosine or linear to 0, or constant (sane: cosine, bert: linear)."""
     warmup_fraction: float = 0.1
     """Fraction of the steps with linear warmup from 0."""
     max_length: int = 128
@@ -56,10 +60,10 @@ class FinetuneSettings:
     """Dropout before the classifier."""
     pooler: Literal["cls_tanh", "cls", "mean"] = "cls_tanh"
     """Pooling of the encoder output (dense+tanh on [CLS], raw [CLS], or the mean)."""
-    pooler_size: int | None = 1024
-    """Width of the cls_tanh pooler; None = the model's hidden size (BERT)."""
+    pooler_size: int | None = None
+    """Width of the cls_tanh pooler; 0: the model's hidden size (sane: 1024, bert: 0)."""
     grad_clip: float | None = None
-    """Clip the gradient norm to this value; None = no clipping."""
+    """Clip the gradient norm to this value; 0: no clipping (sane: 0, bert: 1)."""
     max_train_examples: int | None = None
     """Use a fixed random subset of this many training examples (same for every seed)."""
     max_eval_examples: int | None = None
@@ -86,111 +90,69 @@ def _problems(v: dict[str, Any]) -> list[str]:
     if out:
         return out
     for name in ("epochs", "lr", "eps"):
-        if not v[name] > 0:
+        if v[name] is not None and not v[name] > 0:
             out.append(f"{name}: must be > 0, got {v[name]}")
     for name in ("batch_size", "max_length", "eval_batch_size", "checkpoint_every"):
-        if v[name] < 1:
+        if v[name] is not None and v[name] < 1:
             out.append(f"{name}: must be >= 1, got {v[name]}")
     for name in ("beta1", "beta2", "dropout", "attention_dropout", "classifier_dropout", "warmup_fraction"):
-        if not 0 <= v[name] < 1:
+        if v[name] is not None and not 0 <= v[name] < 1:
             out.append(f"{name}: must be in [0, 1), got {v[name]}")
-    for name in ("max_train_examples", "max_eval_examples", "pooler_size"):
+    for name in ("max_train_examples", "max_eval_examples"):
         if v[name] is not None and v[name] < 1:
             out.append(f"{name}: must be >= 1 or none, got {v[name]}")
+    for name in ("pooler_size", "grad_clip", "weight_decay"):
+        if v[name] is not None and v[name] < 0:
+            out.append(f"{name}: must be >= 0, got {v[name]}")
     if v["max_length"] < 3:
         out.append(f"max_length: must leave room for [CLS] and [SEP], got {v['max_length']}")
     return out
 
 
-PROTOCOLS: dict[str, FinetuneSettings] = {
-    "sane": FinetuneSettings(),
-    "bert": FinetuneSettings(epochs=3.0, batch_size=32, lr=2e-5, beta2=0.999, weight_decay=0.01,
-                             schedule="linear", pooler_size=None, grad_clip=1.0),
+# The values a protocol sets: every field that defaults to None.
+PROTOCOL_VALUES: dict[str, dict[str, Any]] = {
+    # Geiping & Goldstein 2022, "GLUE-sane": one setting for every task.
+    "sane": dict(epochs=5.0, batch_size=16, lr=4e-5, beta2=0.98, weight_decay=0.0, schedule="cosine",
+                 pooler_size=1024, grad_clip=0.0),
+    # Devlin et al. 2019: 3 epochs, batch 32, 2e-5, linear decay, BERT's pooler.
+    "bert": dict(epochs=3.0, batch_size=32, lr=2e-5, beta2=0.999, weight_decay=0.01, schedule="linear",
+                 pooler_size=0, grad_clip=1.0),
 }  # fmt: skip
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """A CLI/JSON value for field ``name`` in the field's type; raises ValueError."""
-    hint = typing.get_type_hints(FinetuneSettings)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
-        return None
-    if value is None:
-        if optional:
-            return None
-        raise ValueError("may not be none")
-    base = args[0] if optional else hint
-    if typing.get_origin(base) is Literal:
-        if value not in typing.get_args(base):
-            raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(base)))}")
-        return value
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
-            return str(value).lower() in ("true", "1", "yes")
-        raise ValueError("expected true or false")
-    if base is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError("expected an integer")
-        return int(value)
-    if base is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value)
-    return value
+PROTOCOLS: dict[str, FinetuneSettings] = {name: FinetuneSettings(**v) for name, v in PROTOCOL_VALUES.items()}
+"""Each protocol's complete settings."""
 
 
 def resolve_settings(
     tasks: Sequence[GlueTask],
     protocol: str = "sane",
-    overrides: dict[str, Any] | None = None,
+    overrides: FinetuneSettings | dict[str, Any] | None = None,
     task_overrides: dict[str, dict[str, Any]] | None = None,
     where: str = "settings",
 ) -> dict[str, FinetuneSettings]:
-    """Settings per task: the protocol, then ``overrides`` for every task, then the task's own
-    ``task_overrides``. Every unknown key, bad value and unknown task is reported at once."""
+    """Settings per task: the protocol, then ``overrides`` for every task (its values that are
+    not None), then the task's own ``task_overrides``. Every unknown key, bad value and unknown
+    task is reported at once."""
     if protocol not in PROTOCOLS:
-        raise FinetuneError(f"{where}: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
-    problems: list[str] = []
-
-    def clean(values: dict[str, Any], label: str) -> dict[str, Any]:
-        out = {}
-        for k, v in values.items():
-            if k not in fields:
-                problems.append(f"{label}: unknown setting {k!r}{did_you_mean(k, fields)} "
-                                f"(known: {', '.join(sorted(fields))})")  # fmt: skip
-                continue
-            try:
-                out[k] = _coerce(k, v)
-            except (ValueError, TypeError) as e:
-                problems.append(f"{label}: {k}={v!r}: {e}")
-        return out
-
-    if not isinstance(overrides or {}, dict):
-        raise FinetuneError(
-            f"{where}: settings for all tasks must be an object of KEY: VALUE, got {overrides!r}"
-        )
+        raise FinetuneError(f"{where}: unknown protocol {protocol!r}{suggest(protocol, PROTOCOLS)}; "
+                            f"known: {', '.join(PROTOCOLS)}")  # fmt: skip
+    if isinstance(overrides, FinetuneSettings):
+        overrides = dataclasses.asdict(overrides)
+    common, problems = coerce_fields(FinetuneSettings, overrides or {}, "all tasks")
+    common = {k: v for k, v in common.items() if v is not None}
     if not isinstance(task_overrides or {}, dict):
         raise FinetuneError(
             f"{where}: per-task settings must be an object of TASK: {{...}}, got {task_overrides!r}"
         )
-    common = clean(overrides or {}, "all tasks")
     per_task = {}
     for name, values in (task_overrides or {}).items():
         key = str(name).lower().replace("-", "")
         if key not in TASKS:
-            problems.append(f"unknown task {name!r} in per-task settings{did_you_mean(key, TASKS)} "
+            problems.append(f"unknown task {name!r} in per-task settings{suggest(key, TASKS)} "
                             f"(known: {', '.join(TASKS)})")  # fmt: skip
             continue
-        if not isinstance(values, dict):
-            problems.append(f"{key}: per-task settings must be an object of KEY: VALUE, got {values!r}")
-            continue
-        per_task[key] = clean(values, key)
+        typed, task_problems = coerce_fields(FinetuneSettings, values, key)
+        per_task[key] = {k: v for k, v in typed.items() if v is not None}
+        problems += task_problems
     result = {}
     for t in tasks:
         values = {**dataclasses.asdict(PROTOCOLS[protocol]), **common, **per_task.get(t.name, {})}
@@ -200,54 +162,3 @@ def resolve_settings(
     if problems:
         raise FinetuneError(f"invalid {where}:\n" + "\n".join(f"  - {p}" for p in problems))
     return result
-
-
-def load_settings_file(path: str | Path) -> dict[str, Any]:
-    """A JSON settings file: ``{"protocol": "sane", "all": {...}, "tasks": {"rte": {...}}}``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FinetuneError(f"{path}: cannot read the settings file as JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise FinetuneError(f"{path}: expected a JSON object with keys protocol, all, tasks; "
-                            f"got a JSON {type(data).__name__}")  # fmt: skip
-    unknown = set(data) - {"protocol", "all", "tasks"}
-    if unknown:
-        hints = "".join(did_you_mean(k, ("protocol", "all", "tasks")) for k in sorted(unknown))
-        raise FinetuneError(f"{path}: unknown key(s) {sorted(unknown)}{hints}; expected protocol, all, tasks")
-    if "protocol" in data and not isinstance(data["protocol"], str):
-        raise FinetuneError(
-            f"{path}: 'protocol' must be a string ({', '.join(PROTOCOLS)}), got {data['protocol']!r}"
-        )
-    if not isinstance(data.get("all", {}), dict):
-        raise FinetuneError(f"{path}: 'all' must be an object of KEY: VALUE, got {data['all']!r}")
-    tasks = data.get("tasks", {})
-    if not isinstance(tasks, dict) or not all(isinstance(v, dict) for v in tasks.values()):
-        raise FinetuneError(f"{path}: 'tasks' must be an object of TASK: {{KEY: VALUE}}, got {tasks!r}")
-    return data
-
-
-def did_you_mean(name: str, known) -> str:
-    """``" (did you mean 'x'?)"`` for the closest of ``known`` to ``name`` (difflib), or ``""``."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def parse_set_options(options: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``KEY=VALUE`` (every task) and ``TASK.KEY=VALUE`` (one task) -> (overrides, per task).
-    Values stay strings here; ``resolve_settings`` converts them to each field's type."""
-    common: dict[str, Any] = {}
-    per_task: dict[str, dict[str, Any]] = {}
-    bad = []
-    for opt in options:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            bad.append(opt)
-            continue
-        task, dot, field = key.rpartition(".")
-        (per_task.setdefault(task, {}) if dot else common)[field] = value
-    if bad:
-        raise FinetuneError(f"--set expects KEY=VALUE or TASK.KEY=VALUE (e.g. lr=2e-5, rte.epochs=10), "
-                            f"got {', '.join(map(repr, bad))}")  # fmt: skip
-    return common, per_task

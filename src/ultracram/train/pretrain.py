@@ -79,7 +79,6 @@ from ultracram.train.pretrain_config import (
     Budget,
     PretrainConfig,
     PretrainError,
-    config_from_args,
     parse_budget,
     resolve_recipe,
     resume_differences,
@@ -139,7 +138,6 @@ def pretrain(
     """Run (or, with ``resume``, continue) a pretraining run; returns the summary dict that is
     also written to ``<out>/summary.json`` (on rank zero). ``monitor``: the live monitor built
     when ``config.monitor_every`` > 0 (``ultracram.doctor.monitors.Monitor``)."""
-    config.check()
     if config.wandb:  # before any file is written: a missing package must not leave a half-started run
         optional_import("wandb", "--wandb (logging to Weights & Biases)")
     if config.monitor_every and monitor is None:
@@ -639,20 +637,6 @@ class _ProgressBar:
         self.display.close()
 
 
-def run_from_args(args, monitor: MonitorFactory | None = None) -> dict:
-    """Entry point of ``ultracram pretrain``."""
-    config, resume = config_from_args(args)
-    if not config.data:
-        raise PretrainError("--data is required: a directory made by `ultracram data prepare`")
-    summary = pretrain(config, resume=resume, monitor=monitor)
-    if summary.get("status") == "diverged":
-        raise PretrainError(
-            f"training diverged: {summary.get('divergence')}; summary.json and final/ in {config.out} "
-            "were written, but the model is not usable: start a new run with a lower --lr"
-        )
-    return summary
-
-
 __all__ = [
     "Budget",
     "FaultInjection",
@@ -663,7 +647,6 @@ __all__ = [
     "parse_budget",
     "preflight",
     "pretrain",
-    "run_from_args",
     "setup",
     "validate",
 ]

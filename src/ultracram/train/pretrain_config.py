@@ -1,23 +1,20 @@
-"""Settings of a pretraining run: the typed config with its recipes, the budget, and the
-command-line flags generated from the config's fields. Kept free of torch so that building the
-``ultracram`` parser stays instant; ``ultracram.train.pretrain`` runs the training.
-
-Size (~470 lines): the settings, their checks, the recipes, the resume rules, budgets and the
-argparse generator, which the settings issue replaces with a generated parser."""
+"""Settings of a pretraining run: the typed config with its checks, the recipes, the resume
+rules and the budget. Kept free of torch so that building the ``ultracram pretrain`` parser
+(jsonargparse, from these fields and their docstrings: ``ultracram.cli``) stays quick;
+``ultracram.train.pretrain`` runs the training."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from ultracram.config import ConfigError, _suggest, _type_ok, get_preset
+from ultracram.config import ConfigError, get_preset
 from ultracram.errors import UltracramError
+from ultracram.settings import build
 
 
 class PretrainError(UltracramError, RuntimeError):
@@ -29,10 +26,12 @@ class PretrainError(UltracramError, RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
-    """Every knob of a pretraining run. ``None`` means "from the recipe". Field docstrings
-    feed ``ultracram pretrain --help`` and docs/pretraining.md."""
+    """Pretraining settings (null: the recipe's value)
+
+    Every knob of a pretraining run; ``None`` means "from the recipe" (``RECIPES``). Field
+    docstrings feed ``ultracram pretrain --help``; a config file has the same keys."""
 
     preset: str = "crammed-bert"
     """Model preset (``ultracram models`` lists them)."""
@@ -114,37 +113,26 @@ class PretrainConfig:
     progress: bool = True
     """Show a progress bar."""
     model: dict[str, Any] = field(default_factory=dict)
-    """Model config overrides (e.g. {"num_layers": 4}); vocab_size comes from the shards."""
+    """Model config overrides, one flag each (--model.num_layers 4 --model.fff_depth 3) or an
+    object (--model '{"num_layers": 4}'); keys are ModelConfig's fields (docs/pretraining.md);
+    vocab_size comes from the shards."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, "pretraining config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "pretraining config") -> PretrainConfig:
-        """Build from a dict, reporting every unknown key, wrong type and bad value at once."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        problems = [f"unknown key {k!r}" + _suggest(k, set(known)) for k in values if k not in known]
-        hints = _hints()
-        well_typed = {}
-        for k, v in values.items():
-            if k in known and not _field_type_ok(v, hints[k]):
-                problems.append(f"{k}: expected {_describe(hints[k])}, got {v!r} ({type(v).__name__})")
-            elif k in known:
-                well_typed[k] = v
-        config = cls(**well_typed)
-        problems += config.problems()
-        if problems:
-            raise ConfigError(problems, where)
-        return config
-
-    def check(self, where: str = "pretraining config") -> None:
-        """Raise one ConfigError listing every problem of this config."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems, where)
+        """Build from plain values (a run's recorded settings, a study's), reporting every
+        unknown key, wrong type and bad value at once (``ultracram.settings.build``)."""
+        return build(cls, values, where)
 
     def problems(self) -> list[str]:
-        """Every bad value of this config (types are checked by ``from_dict``)."""
+        """Every bad value of this config (types are checked by the parser or ``from_dict``)."""
         problems = []
         try:
             parse_budget(self.budget)
@@ -197,28 +185,6 @@ class PretrainConfig:
         except ConfigError as e:
             problems += [f"model: {p}" for p in e.problems]
         return problems
-
-
-def _field_type_ok(value: Any, annotation: Any) -> bool:
-    import typing
-
-    if typing.get_origin(annotation) is dict:
-        return isinstance(value, dict)
-    return _type_ok(value, annotation)
-
-
-def _hints() -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(PretrainConfig)
-
-
-def _describe(annotation: Any) -> str:
-    import typing
-
-    if typing.get_origin(annotation) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(annotation))
-    return str(annotation).replace("typing.", "")
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -302,20 +268,6 @@ def resume_differences(stored: dict[str, Any], new: PretrainConfig) -> list[str]
     return diffs
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON config file (keys = PretrainConfig fields)."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise PretrainError(f"config file {path} does not exist") from e
-    except json.JSONDecodeError as e:
-        raise PretrainError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from e
-    if not isinstance(values, dict):
-        raise PretrainError(f"{path}: expected a JSON object of pretraining settings")
-    return values
-
-
 # --------------------------------------------------------------------------------------------
 # Budget
 # --------------------------------------------------------------------------------------------
@@ -366,102 +318,12 @@ def parse_budget(text: str) -> Budget:
     return Budget(kind, amount)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------------------------
-# Command line: one flag per PretrainConfig field, generated from the typed fields and their
-# docstrings (litgpt's approach, without the extra dependency).
-# --------------------------------------------------------------------------------------------
-
-
-def field_docs() -> dict[str, str]:
-    """Docstring of each PretrainConfig field (the string literal that follows it)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(PretrainConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-        ):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
-    return docs
-
-
-def add_arguments(parser) -> None:
-    """Add ``--resume``, ``--config`` and one ``--<field>`` flag per PretrainConfig field.
-
-    Flags default to "not given", so that a config file's values are only overridden by flags
-    that were actually passed."""
-    import argparse
-    import typing
-
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its newest training state; only the budget, lr, "
-                        "logging, checkpointing, health and device settings may differ from the run's")  # fmt: skip
-    parser.add_argument("--config", metavar="FILE.json",
-                        help="JSON file of settings (keys as the flags, with underscores); flags override it")  # fmt: skip
-    docs, hints = field_docs(), _hints()
-    defaults = PretrainConfig()
-    for f in dataclasses.fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        annotation = hints[f.name]
-        default = getattr(defaults, f.name)
-        shown = "from the recipe" if default is None else repr(default)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")}  # fmt: skip
-        args = typing.get_args(annotation)
-        if annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(annotation) is Literal:
-            kwargs["choices"] = list(args)
-        elif f.name == "model":
-            kwargs["type"] = _json_object
-            kwargs["metavar"] = "JSON"
-        else:
-            base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
-            kwargs["type"] = base
-        parser.add_argument(flag, **kwargs)
-
-
-def _json_object(text: str) -> dict:
-    import argparse
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def config_from_args(args) -> tuple[PretrainConfig, bool]:
-    """Merge defaults < config file < flags into a checked PretrainConfig; also ``--resume``."""
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values: dict[str, Any] = {}
-    where = "command line"
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-        where = f"{args.config} + command line"
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    if "devices" in values and isinstance(values["devices"], int):
-        values["devices"] = str(values["devices"])
-    return PretrainConfig.from_dict(values, where=where), bool(getattr(args, "resume", False))
-
-
 __all__ = [
     "RECIPES",
     "RESUME_CHANGEABLE",
     "Budget",
     "PretrainConfig",
     "PretrainError",
-    "add_arguments",
-    "config_from_args",
-    "load_config_file",
     "parse_budget",
     "resolve_recipe",
     "resume_differences",
