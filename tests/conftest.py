@@ -1,5 +1,7 @@
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,3 +30,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pretrain_flags(values: dict[str, Any]) -> list[str]:
+    """``ultracram pretrain`` flags for PretrainConfig field values (None: left out)."""
+    args = []
+    for k, v in values.items():
+        if isinstance(v, bool):
+            args += [f"--{k}", str(v).lower()]
+        elif isinstance(v, dict):
+            args += [f"--{k}", json.dumps(v)]
+        elif v is not None:
+            args += [f"--{k}", str(v)]
+    return args

@@ -103,8 +103,8 @@ def _tok(t: Path, a: dict, *extra: str, out: Path | None = None) -> list[str]:
     text = t / "in.txt"
     if not text.exists():
         shutil.copy(a["text.txt"], text)
-    return ["tokenizer", "train", "--input", str(text), "--out", str(out or t / "tokout"), "--vocab-size", "100",
-            "--max-documents", "5", *extra]  # fmt: skip
+    return ["tokenizer", "train", "--input", str(text), "--out", str(out or t / "tokout"), "--vocab_size", "100",
+            "--max_documents", "5", *extra]  # fmt: skip
 
 
 def _prep(t: Path, a: dict, *extra: str, inputs: list[Path] | None = None, out: Path | None = None,
@@ -114,7 +114,7 @@ def _prep(t: Path, a: dict, *extra: str, inputs: list[Path] | None = None, out: 
         if not inputs[0].exists():
             shutil.copy(a["text.txt"], inputs[0])
     return ["data", "prepare", "--input", *map(str, inputs), "--tokenizer", str(tokenizer or a["tok"] / "tokenizer.json"),
-            "--out", str(out or t / "data"), "--seq-len", str(SEQ), "--workers", "0", "--max-token-ratio", "1.0",
+            "--out", str(out or t / "data"), "--seq_len", str(SEQ), "--workers", "0", "--max_token_ratio", "1.0",
             *extra]  # fmt: skip
 
 
@@ -177,12 +177,12 @@ ROWS: dict[str, Row] = {
         [*_tok(t, a)[:3], str(_file(t / "bad.txt", b"\x80abc\n")), *_tok(t, a)[4:]],
         ["bad.txt: line 1"],
     ),
-    "tok-vocab-too-small": lambda t, a: ([*_tok(t, a)[:-4], "--vocab-size", "3"], ["vocab_size", "3"]),
-    "tok-max-documents-zero": lambda t, a: (_tok(t, a, "--max-documents", "0"), ["--max-documents", "0"]),
+    "tok-vocab-too-small": lambda t, a: ([*_tok(t, a)[:-4], "--vocab_size", "3"], ["vocab_size", "3"]),
+    "tok-max-documents-zero": lambda t, a: (_tok(t, a, "--max_documents", "0"), ["--max_documents", "0"]),
     # data prepare
     "prep-workers-negative": lambda t, a: (_prep(t, a, "--workers", "-1"), ["--workers", "-1"]),
     "prep-shard-sequences-zero": lambda t, a: (_prep(t, a, "--shard_sequences", "0"), ["--shard_sequences"]),
-    "prep-seq-len-2": lambda t, a: (_prep(t, a, "--seq-len", "2"), ["seq_len", "2"]),
+    "prep-seq-len-2": lambda t, a: (_prep(t, a, "--seq_len", "2"), ["seq_len", "2"]),
     "prep-out-is-a-file": lambda t, a: (_prep(t, a, out=_file(t / "o.bin")), ["--out", "o.bin"]),
     "prep-out-parent-is-a-file": lambda t, a: (
         _prep(t, a, out=_file(t / "f") / "sub"),
@@ -205,11 +205,11 @@ ROWS: dict[str, Row] = {
         ["x.txt.gz", "cannot decompress"],
     ),
     "prep-too-short-corpus": lambda t, a: (
-        _prep(t, a, "--seq-len", "512", inputs=[_file(t / "s.txt", b"a b c\n")]),
+        _prep(t, a, "--seq_len", "512", inputs=[_file(t / "s.txt", b"a b c\n")]),
         ["s.txt", "no sequences"],
     ),
     "prep-finished-other-settings": lambda t, a: (
-        _prep(t, a, "--seq-len", "32", out=_finished(t, a)),
+        _prep(t, a, "--seq_len", "32", out=_finished(t, a)),
         ["manifest.json", "seq_len", "--overwrite"],
     ),
     "prep-finished-overwrite-bad-input": lambda t, a: (
@@ -315,9 +315,9 @@ def test_unwritable_out_is_refused_before_work(command, tmp_path, assets, capsys
 def test_prepare_overwrite_swaps_only_on_success(tmp_path, assets, capsys):
     out = _finished(tmp_path, assets)
     old_seq = TokenShards(out).seq_len
-    assert main(_prep(tmp_path, assets, "--seq-len", "32", out=out)) == 1  # refused without --overwrite
+    assert main(_prep(tmp_path, assets, "--seq_len", "32", out=out)) == 1  # refused without --overwrite
     assert TokenShards(out).seq_len == old_seq
-    assert main(_prep(tmp_path, assets, "--seq-len", "32", "--overwrite", out=out)) == 0
+    assert main(_prep(tmp_path, assets, "--seq_len", "32", "--overwrite", out=out)) == 0
     assert TokenShards(out).seq_len == 32
     assert (out / "notes.txt").read_text() == "mine\n"  # a file that is not the prepare's is kept
     assert sorted(p.name for p in out.glob("shard_*")) == [
@@ -325,7 +325,7 @@ def test_prepare_overwrite_swaps_only_on_success(tmp_path, assets, capsys):
     ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.")]  # no leftovers
     # the same settings again: rebuilt in place of the old one, no --overwrite needed
-    assert main(_prep(tmp_path, assets, "--seq-len", "32", out=out)) == 0
+    assert main(_prep(tmp_path, assets, "--seq_len", "32", out=out)) == 0
 
 
 def test_tokenizer_overwrite(tmp_path, assets, capsys):

@@ -29,7 +29,8 @@ from ultracram.fileio import sha256_file
 from ultracram.model import build_model
 
 TASK_DIRS = ("SST-2", "STS-B", "RTE")
-FAST = ["--max-train-examples", "16", "--max-eval-examples", "16", "--epochs", "1", "--batch-size", "8"]
+FAST = ["--finetune.max_train_examples", "16", "--finetune.max_eval_examples", "16", "--finetune.epochs", "1",
+        "--finetune.batch_size", "8"]  # fmt: skip
 
 
 def _tiny_model(vocab: int, seed: int = 0):
@@ -66,7 +67,7 @@ class Case:
 
     def argv(self, *extra: str, tasks: str = "sst2", checkpoint: Path | str | None = None) -> list[str]:
         ckpt = str(checkpoint if checkpoint is not None else self.ckpt)
-        return ["glue", "--checkpoint", ckpt, "--glue-dir", str(self.glue), "--out", str(self.out),
+        return ["glue", "--checkpoint", ckpt, "--glue_dir", str(self.glue), "--out", str(self.out),
                 "--tasks", tasks, "--device", "cpu", *FAST, *extra]  # fmt: skip
 
     def config(self) -> dict:
@@ -208,7 +209,7 @@ def stsb_score_out_of_range_parquet(c: Case):
         (hf / "stsb").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, hf / "stsb" / f"{split}-00000-of-00001.parquet")
     argv = c.argv(tasks="stsb")
-    argv[argv.index("--glue-dir") + 1] = str(hf)
+    argv[argv.index("--glue_dir") + 1] = str(hf)
     return argv, ["train-00000-of-00001.parquet", "row 3", "5.5"]
 
 
@@ -233,7 +234,7 @@ def empty_file(c: Case):
 
 def missing_glue_dir(c: Case):
     argv = c.argv()
-    argv[argv.index("--glue-dir") + 1] = str(c.root / "nope")
+    argv[argv.index("--glue_dir") + 1] = str(c.root / "nope")
     return argv, [str(c.root / "nope"), "does not exist"]
 
 

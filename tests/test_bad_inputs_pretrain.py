@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import pretrain_flags
+
 mlm = pytest.importorskip("ultracram.data.mlm")
 if not hasattr(mlm, "mlm_batch"):
     pytest.skip("ultracram.data.mlm.mlm_batch not there yet", allow_module_level=True)
@@ -47,16 +49,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
 
 def _args(data: Path, out: Path, **changes) -> list[str]:
     """Flags for BASE with ``changes``."""
-    args = []
-    for k, v in {**BASE, "data": str(data), "out": str(out), **changes}.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif isinstance(v, dict):
-            args += [flag, json.dumps(v)]
-        elif v is not None:
-            args += [flag, str(v)]
-    return args
+    return pretrain_flags({**BASE, "data": str(data), "out": str(out), **changes})
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from ultracram import cli
+from ultracram import cli, cli_parser
 from ultracram.cli import COMMANDS, main
 
 
@@ -34,7 +34,7 @@ def test_every_command_explains_itself(path, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"usage: ultracram {' '.join(path)}")
     assert "--config CONFIG" in text and "--print_config" in text
-    parser = cli.build_parser(list(path), fn)
+    parser = cli_parser.build_parser(list(path), fn)
     for action in parser._actions:  # every flag says what it is for
         if action.option_strings[0].startswith("--") and action.help is not None and action.help != "==SUPPRESS==":
             assert action.help.strip() and not action.help.startswith("(type:"), action.option_strings
@@ -69,8 +69,8 @@ def _print_config(argv, capsys) -> dict:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["nope"], "unknown command 'nope'"),
-        (["bench", "fnn"], "unknown command 'fnn' (did you mean 'ffn'?)"),
+        (["nope"], "ultracram: error: unknown command 'nope'"),
+        (["bench", "fnn"], "ultracram bench: error: unknown command 'fnn' (did you mean 'ffn'?)"),
         (["models", "--bogus"], "unknown flag --bogus"),
         (["pretrain", "--lrr", "1e-3"], "unknown flag --lrr (did you mean '--lr'?)"),
         (["glue", "--checkpoint", "c", "--glue_dir", "g", "--finetune.lrr", "1"],

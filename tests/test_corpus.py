@@ -226,7 +226,7 @@ def test_cli_prepare(wiki, tmp_path, capsys):
     from ultracram.cli import main
 
     rc = main(["data", "prepare", "--input", str(wiki["path"]), "--tokenizer", str(wiki["tok_path"]),
-               "--out", str(tmp_path), "--seq-len", str(SEQ), "--workers", "0", "--dedup"])  # fmt: skip
+               "--out", str(tmp_path), "--seq_len", str(SEQ), "--workers", "0", "--dedup"])  # fmt: skip
     assert rc == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"] and manifest["dedup"]

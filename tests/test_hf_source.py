@@ -36,9 +36,9 @@ def test_export_keeps_one_document_per_row_and_is_reused(tmp_path, parquet_corpu
 def test_cli_prepares_shards_from_a_dataset(tmp_path, parquet_corpus):
     path, articles = parquet_corpus
     train_tokenizer(read_sample_paragraphs()[:300], vocab_size=500).save(str(tmp_path / "tok.json"))
-    args = ["data", "prepare", "--hf-dataset", "parquet", "--hf-data-files", str(path),
+    args = ["data", "prepare", "--hf_dataset", "parquet", "--hf_data_files", str(path),
             "--tokenizer", str(tmp_path / "tok.json"), "--out", str(tmp_path / "shards"),
-            "--seq-len", "32", "--workers", "0", "--max-token-ratio", "1.0"]  # fmt: skip
+            "--seq_len", "32", "--workers", "0", "--max_token_ratio", "1.0"]  # fmt: skip
     assert main(args) == 0
     shards = TokenShards(tmp_path / "shards")
     assert len(shards) > 0 and shards.manifest["counts"]["documents"] == len(articles)

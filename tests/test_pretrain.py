@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import pretrain_flags
 from ultracram.config import ConfigError
 
 mlm = pytest.importorskip("ultracram.data.mlm")
@@ -52,16 +53,7 @@ def _config(shards: Path, out: Path, **changes) -> PretrainConfig:
 
 
 def _cli_args(config: PretrainConfig) -> list[str]:
-    args = []
-    for k, v in config.to_dict().items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif isinstance(v, dict):
-            args += [flag, json.dumps(v)]
-        elif v is not None:
-            args += [flag, str(v)]
-    return args
+    return pretrain_flags(config.to_dict())
 
 
 def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

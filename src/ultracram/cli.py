@@ -1,14 +1,11 @@
 """The ``ultracram`` command: a table of subcommands, each one library function.
 
-jsonargparse builds each command's parser from its function's typed signature and docstring
-(``Args:``), and from the field docstrings of the settings dataclasses it takes
-(``ultracram.settings``). So every command has, from the same source: typed flags, dotted
+``ultracram.cli_parser`` builds each command's parser with jsonargparse from its function's
+typed signature and docstring and from the settings dataclasses it takes
+(``ultracram.settings``), so every command has, from the same source: typed flags, dotted
 flags for nested settings (``--model.num_layers 4``, ``--finetune.lr 2e-5``,
 ``--per_task.rte.epochs 10``), ``--config FILE`` (YAML or JSON with the same keys; later flags
 override it) and ``--print_config`` (the resolved settings, loadable by ``--config``).
-
-A function parameter named ``settings`` whose type is a dataclass is flattened: its fields
-are the command's top-level flags (``ultracram pretrain --lr 1e-3``).
 
 Only the chosen command's module is imported, so ``ultracram --help`` stays instant; the
 one-line summaries of the overview live in the table (a test checks they match the
@@ -17,13 +14,11 @@ functions' docstrings).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import sys
 from typing import Any
 
-from ultracram import cli_compat
-from ultracram.cli_compat import UsageError
+from ultracram.cli_parser import UsageError, run_command
 
 # command -> ("module:function", one-line summary) or a group of subcommands.
 COMMANDS: dict[str, Any] = {
@@ -87,8 +82,9 @@ def resolve(path: list[str]) -> tuple[list[str], Any]:
         if word not in entry:
             from ultracram.settings import suggest
 
-            where = " ".join(["ultracram", *used])
-            raise UsageError(f"{where}: unknown command {word!r}{suggest(word, entry)}; known: {', '.join(entry)}")
+            error = UsageError(f"unknown command {word!r}{suggest(word, entry)}; known: {', '.join(entry)}")
+            error.prog = " ".join(["ultracram", *used])
+            raise error
         entry = entry[word]
         used.append(word)
     return used, entry
@@ -114,80 +110,22 @@ def overview(used: list[str], group: dict[str, Any]) -> str:
 
 
 def load(target: str) -> Any:
+    """The function a table entry names (``"module:function"``), importing only its module."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def settings_class(fn: Any) -> type | None:
-    """The dataclass of ``fn``'s ``settings`` parameter, whose fields become top-level flags."""
-    import inspect
-    import typing
-
-    if "settings" not in inspect.signature(fn).parameters:
-        return None
-    cls = typing.get_type_hints(fn)["settings"]
-    return cls if dataclasses.is_dataclass(cls) else None
-
-
-def build_parser(used: list[str], fn: Any) -> Any:
-    """The jsonargparse parser of one command, from ``fn``'s signature and docstrings."""
-    from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
-
-    class Formatter(DefaultHelpFormatter):
-        def _fill_text(self, text: str, width: int, indent: str) -> str:  # keep the paragraphs
-            return "\n\n".join(super(Formatter, self)._fill_text(p, width, indent) for p in text.split("\n\n"))
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    doc = (fn.__doc__ or "").strip()
-    parser = ArgumentParser(prog=" ".join(["ultracram", *used]), description=doc.split("Args:")[0].strip().replace("``", ""),
-                            exit_on_error=False, env_prefix="ULTRACRAM", default_env=False,
-                            formatter_class=Formatter, allow_abbrev=False)  # fmt: skip
-    parser.add_argument("--config", action="config",
-                        help="YAML or JSON file of these settings (the keys of --print_config); flags given after it override it")  # fmt: skip
-    cls = settings_class(fn)
-    if cls is not None:
-        parser.add_class_arguments(cls, None, fail_untyped=True, sub_configs=True)
-    parser.add_function_arguments(fn, None, skip={"settings"} if cls else None, fail_untyped=True)
-    for item in [*parser._actions, *parser._action_groups]:  # docstrings' ``code`` reads as code in help
-        for attr in ("help", "description", "title"):
-            if isinstance(getattr(item, attr, None), str):
-                setattr(item, attr, getattr(item, attr).replace("``", ""))
-    return parser
-
-
-def run_command(used: list[str], fn: Any, argv: list[str]) -> Any:
-    """Parse ``argv`` for ``fn`` and call it."""
-    parser = build_parser(used, fn)
-    argv = cli_compat.normalise(argv, parser, " ".join(used))
-    cls = settings_class(fn)
-    cli_compat.check_config_files(argv, fn, cls)
-    try:
-        cfg = parser.parse_args(argv)
-        values = parser.instantiate(cfg).as_dict()
-    except Exception as e:  # jsonargparse's ArgumentError, or a settings dataclass's own check
-        from ultracram.settings import SettingsError
-
-        if isinstance(e, SettingsError):
-            raise
-        raise UsageError(cli_compat.one_line(str(e), parser)) from e
-    for key in ("config", "print_config", "__path__"):
-        values.pop(key, None)
-    if cls is not None:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values["settings"] = cls(**{k: values.pop(k) for k in list(values) if k in names})
-    return fn(**values)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]
-    argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < len(argv))] if debug else argv
+    debug = False
+    while argv[:1] == ["--debug"]:  # `ultracram --debug CMD ...`
+        debug, argv = True, argv[1:]
     if argv[:1] == ["--version"]:
         from ultracram import __version__
 
         print(f"ultracram {__version__}")
         return 0
-    words = [a for a in argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]]
+    words = argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]
     name = "ultracram"
     try:
         used, entry = resolve(words)
@@ -202,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         if debug:
             raise
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"{getattr(e, 'prog', name)}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

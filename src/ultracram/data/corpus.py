@@ -440,7 +440,7 @@ def prepare_corpus(
             print(
                 f"warning: the token/character filter dropped {counts['documents_dropped_ratio']} of "
                 f"{counts['documents']} documents (max_token_ratio {max_token_ratio}); with a "
-                f"{vocab_size}-token vocabulary ordinary text may exceed it: consider --max-token-ratio 0.5",
+                f"{vocab_size}-token vocabulary ordinary text may exceed it: consider --max_token_ratio 0.5",
                 file=sys.stderr,
             )
         manifest = base_manifest(True)

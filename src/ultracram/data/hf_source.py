@@ -1,6 +1,6 @@
 """A Hugging Face dataset as a pretraining corpus: streamed once into a local text file.
 
-``ultracram data prepare --hf-dataset NAME`` (or ``export_hf_dataset``) streams the dataset's
+``ultracram data prepare --hf_dataset NAME`` (or ``export_hf_dataset``) streams the dataset's
 text column, one document at a time (constant memory), into ``<dir>/<name>.txt.zst`` in the
 corpus layout the rest of the pipeline reads (documents separated by one blank line), and
 then prepares that file like any other. Writing the file first keeps ``prepare_corpus``'s
@@ -44,7 +44,7 @@ def export_hf_dataset(
     document stays one block. Raises ``DataError`` naming the dataset when it cannot be
     loaded, has no such column, or yields no text.
     """
-    zstandard = optional_import("zstandard", "data prepare --hf-dataset (it stores the text zstd-compressed)")
+    zstandard = optional_import("zstandard", "data prepare --hf_dataset (it stores the text zstd-compressed)")
     path = hf_source_path(directory, name, config, split)
     meta_path = path.with_name(path.name + ".json")
     ident = {"name": name, "config": config, "split": split, "column": column, "data_files": data_files,
@@ -67,7 +67,7 @@ def export_hf_dataset(
             for row in ds:
                 if column not in row:
                     raise DataError(f"Hugging Face dataset {name!r} has no column {column!r} "
-                                    f"(columns: {', '.join(row)}); pass --hf-column")  # fmt: skip
+                                    f"(columns: {', '.join(row)}); pass --hf_column")  # fmt: skip
                 text = _BLANK_LINES.sub("\n", str(row[column] or "")).strip()
                 if not text:
                     continue

@@ -109,7 +109,7 @@ def train_tokenizer_files(
     for name, value, least in (("min_frequency", min_frequency, 0), ("max_documents", max_documents, 1),
                                ("limit_alphabet", limit_alphabet, 1)):  # fmt: skip
         if value is not None and value < least:
-            flag = "--" + name.replace("_", "-")
+            flag = "--" + name
             raise DataError(f"{flag} must be at least {least}, got {value}")
     out = Path(out_dir)
     try:

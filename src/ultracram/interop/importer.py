@@ -187,7 +187,7 @@ def import_checkpoint(
     source, out = Path(source), Path(out)
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
-    guard_output_dir(out, command="ultracram import", sources={"--from": source}, is_own_output=is_import,
+    guard_output_dir(out, command="ultracram import", sources={"--source": source}, is_own_output=is_import,
                      overwrite=overwrite)  # fmt: skip
     cfg = _read_config(source)
     detected = detect_format(cfg, str(source / "config.json"))

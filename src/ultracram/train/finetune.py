@@ -486,7 +486,7 @@ def run_glue(
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise FinetuneError(f"--devices must be an integer >= 1, got {devices!r}")
     if not glue_dirs:
-        raise FinetuneError("no GLUE directory given; pass --glue-dir DIR")
+        raise FinetuneError("no GLUE directory given; pass --glue_dir DIR")
     chosen = parse_tasks(tasks)  # the settings first: they need no file
     settings = resolve_settings(chosen, protocol, overrides, task_overrides)
     labels = checkpoint_labels(checkpoints)

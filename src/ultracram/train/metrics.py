@@ -192,7 +192,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
         for key, value in GPU_PEAK_FLOPS.items():
             if key in name:
                 return value, f"data sheet ({key})"
-        return 0.0, f"unknown GPU {name!r}: pass --peak-flops"
+        return 0.0, f"unknown GPU {name!r}: pass --peak_flops"
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
