@@ -143,6 +143,7 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ("config-not-object", _config_file("[1, 2]"), ("settings.json", "an object of settings")),
     ("missing-data", lambda t, m: ["--out", str(t / "out")], ("--data",)),
     ("data-not-shards", lambda t, m: _args(t, t / "out"), ("manifest.json",)),
+    ("data-typo", lambda t, m: _args(m["shards"].parent / "shardz", t / "out"), ("shardz", "did you mean 'shards'")),
     ("resume-without-state", lambda t, m: [*_args(_data(t, m), t / "out"), "--resume"], ("--resume", "no training state")),
     ("new-run-over-a-run", lambda t, m: _args(m["shards"], _run(t, m)), ("pass --resume",)),
     ("new-run-over-outputs", _outputs_without_states, ("metrics.csv", "another --out")),

@@ -182,4 +182,4 @@ def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path,
 
     monkeypatch.setattr(cli, "load", lambda target: interrupted)
     assert cli.main(["models"]) == 130
-    assert "interrupted. Files already written are kept" in capsys.readouterr().err
+    assert "ultracram models: interrupted: files already written are kept" in capsys.readouterr().err

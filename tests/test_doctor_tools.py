@@ -323,3 +323,11 @@ def test_postmortem_on_tiny_real_runs(tmp_path):
             losses.append(loss.item())
         verdicts[lr] = run_postmortem(_write_run(tmp_path / str(lr), losses, lrs, gns)).verdict
     assert verdicts == {1e-3: "healthy", 1.0: "learning rate too high"}
+
+
+def test_postmortem_of_a_too_short_run_says_what_to_do():
+    from ultracram.doctor.postmortem import diagnose
+
+    pm = diagnose({"step": [1.0, 2.0, 3.0], "loss": [8.3, 8.3, 8.29]})
+    assert pm.verdict == "too short"
+    assert "3 optimizer steps" in pm.summary and "--budget" in pm.summary and "--batch_size" in pm.summary

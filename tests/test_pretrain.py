@@ -1,6 +1,7 @@
 """Pretraining on Fabric: exact resume after SIGKILL, DDP == one process, health rollback,
 config and CLI errors. Tiny model, tiny shards from the embedded sample, CPU."""
 
+import dataclasses
 import json
 import math
 import os
@@ -222,3 +223,73 @@ def test_config_errors_are_listed_together(tmp_path):
     assert "Traceback" not in r.stderr
     with pytest.raises(ConfigError, match="mask_rate"):
         PretrainConfig.from_dict({"mask_rate": 1.5})
+
+
+def test_batch_plan_fits_the_budget():
+    from ultracram.train.plan import FEW_STEPS, MIN_STEPS, plan_batch
+    from ultracram.train.pretrain_config import parse_budget
+
+    common = dict(recipe_batch=8192, explicit=False, micro_batch=128, world=1, seq_len=128, ramp_until=0.6)
+    # 3 minutes at 0.36 s per micro batch: 500 micro batches = 64,000 sequences; (1 + 0.6) x 64,000 / 200 = 512.
+    short = plan_batch(parse_budget("3m"), data_sequences=100_000, micro_seconds=0.36, **common)
+    assert short.batch_size == 512 and short.steps == pytest.approx(MIN_STEPS, rel=0.01)
+    # A day keeps the recipe's batch, and a token budget needs no probe.
+    assert plan_batch(parse_budget("24h"), data_sequences=10**9, micro_seconds=0.36, **common).batch_size == 8192
+    tokens = plan_batch(parse_budget("10M-tokens"), data_sequences=10**9, micro_seconds=None, **common)
+    assert tokens.batch_size == int(1.6 * 10e6 / 128 / MIN_STEPS) // 128 * 128
+    # Never more than the data holds (one pass per step), never less than one micro batch per device.
+    assert plan_batch(parse_budget("24h"), data_sequences=5065, micro_seconds=0.36, **common).batch_size == 4992
+    tiny = plan_batch(parse_budget("10s"), data_sequences=10**6, micro_seconds=1.0, **{**common, "world": 2})
+    assert tiny.batch_size == 256 and tiny.steps < FEW_STEPS and "hardly train" in tiny.warning()
+    # An explicit batch is kept; a step budget keeps the recipe's.
+    assert plan_batch(parse_budget("3m"), data_sequences=10**6, micro_seconds=0.36,
+                      **{**common, "explicit": True}).batch_size == 8192  # fmt: skip
+    assert plan_batch(parse_budget("300-steps"), data_sequences=10**6, micro_seconds=None, **common).batch_size == 8192
+
+
+def test_time_budget_is_a_hard_limit_with_a_slow_step(shards, tmp_path):
+    """Each micro batch takes >= 0.15 s (a slow device); the budget of 3 s ends within about one
+    micro batch, the batch came from the plan, and the summary says by how much it ran over."""
+    import time as clock
+
+    slow = FaultInjection()
+    slow.hooks = lambda step: {"loss_hook": lambda loss: (clock.sleep(0.15), loss)[1]}
+    config = _config(shards, tmp_path / "run", budget="3s", batch_size=None, batch_ramp_until=None,
+                     log_every_steps=None)  # fmt: skip
+    summary = pretrain(config, faults=slow)
+    assert 0.0 <= summary["overrun_s"] <= 1.5 * summary["micro_seconds"], summary  # about one micro batch
+    assert summary["steps"] >= 2 and summary["batch_size"] < 8192  # fitted, not cramming's 8192
+    stored = json.loads((tmp_path / "run" / "pretrain_config.json").read_text())
+    assert stored["batch_size"] == summary["batch_size"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) - 1 == summary["steps"]  # a short run logs every step
+    # Resumed with a longer budget, the run keeps the batch its plan chose (no new probe, no mismatch).
+    resumed = pretrain(dataclasses.replace(config, budget="4s"), resume=True, faults=slow)
+    assert resumed["batch_size"] == summary["batch_size"]
+    assert 0.0 <= resumed["overrun_s"] <= 1.5 * resumed["micro_seconds"], resumed
+
+
+def test_ctrl_c_leaves_a_state_and_one_line_that_resumes_it(shards, tmp_path, monkeypatch, capsys):
+    from ultracram import cli
+    from ultracram.train import pretrain as module
+
+    config = _config(shards, tmp_path / "run", checkpoint_every_steps=2)
+    real = module.pretrain
+
+    def interrupted_at_step_3(config, **kwargs):
+        def stop(step):
+            if step == 3:
+                raise KeyboardInterrupt
+
+        return real(config, **kwargs, faults=FaultInjection(after_step=stop))
+
+    monkeypatch.setattr(module, "pretrain", interrupted_at_step_3)
+    assert cli.main(["pretrain", *_cli_args(config)]) == 130
+    [line] = capsys.readouterr().err.strip().splitlines()
+    state = tmp_path / "run" / "states"
+    assert "interrupted: the newest training state is" in line and str(state) in line and "(step 2)" in line
+    command = line.split("continue with: ")[1].split()
+    assert command[:2] == ["ultracram", "pretrain"] and command[-1] == "--resume"
+    monkeypatch.setattr(module, "pretrain", real)
+    assert cli.main(command[1:]) == 0  # the printed command continues the run to its budget
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tokens"] >= 6000

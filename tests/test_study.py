@@ -32,6 +32,8 @@ def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (first / "result.json", first / "pretrain" / "summary.json",
                                                  first / "glue" / "results.json")}  # fmt: skip
     assert not (out / "models" / "ultrafastbert-tiny" / "result.json").exists()
+    partial = (out / "report.md").read_text()  # written after each model, marked incomplete
+    assert "INCOMPLETE: 1 of 2 models finished" in partial and "| crammed-bert-tiny |" in partial
 
     lines = []
     md, page = run_study(out, SMALL, log=lines.append)
@@ -41,7 +43,14 @@ def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
     second = json.loads((out / "models" / "ultrafastbert-tiny" / "result.json").read_text())
     assert second["tokens_seen"] > 0 and "SST-2" in second["glue"] and second["fff_usage"]
     report = md.read_text()
-    assert "| crammed-bert-tiny |" in report and "| ultrafastbert-tiny |" in report
+    assert "| crammed-bert-tiny |" in report and "| ultrafastbert-tiny |" in report and "INCOMPLETE" not in report
+    assert "the same number of optimizer steps" in report and "Load average during the timing" in report
+    # Speed: every model timed in the same interleaved rounds; the table shows median (slowest-fastest).
+    speed = json.loads((out / "speed.json").read_text())["cpu"]
+    assert set(speed) == {"crammed-bert-tiny", "ultrafastbert-tiny"}
+    for v in speed.values():
+        assert v["rounds"] == 7 and v["slowest"] <= v["median"] <= v["fastest"]
+    assert f"{speed['ultrafastbert-tiny']['median']:,.0f} (" in report
     assert "data:image/png;base64," in page.read_text()
 
     with pytest.raises(StudyError, match="different settings"):

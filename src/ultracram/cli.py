@@ -142,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{getattr(e, 'prog', name)}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a command says what it kept and how to go on (e.args[0])
         if debug:
             raise
-        print(f"{name}: interrupted. Files already written are kept; pretraining, GLUE, data prepare and the "
-              "study resume when the same command runs again.", file=sys.stderr)  # fmt: skip
+        said = e.args[0] if e.args and isinstance(e.args[0], str) else (
+            "files already written are kept; pretraining, GLUE, data prepare and the study resume when the same "
+            "command runs again")  # fmt: skip
+        print(f"{name}: interrupted: {said}", file=sys.stderr)
         return 130
     except Exception as e:
         from ultracram.errors import UltracramError

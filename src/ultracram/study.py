@@ -48,7 +48,7 @@ from ultracram.model import FastFeedForward, flops_per_token, for_inference, par
 from ultracram.settings import SettingsError
 from ultracram.train.finetune_settings import FinetuneSettings
 from ultracram.train.metrics import read_metrics
-from ultracram.train.pretrain_config import PretrainConfig
+from ultracram.train.pretrain_config import PretrainConfig, parse_budget
 from ultracram.train.state import latest_state
 
 TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
@@ -58,10 +58,9 @@ class StudyError(UltracramError):
     """The study cannot run or resume as asked."""
 
 
-# The study's pretraining: minutes, not a day. A batch of 256 for every model (cramming's ramp
-# to 8192 takes a budget of hours to pay off); a curve point every 2 steps; a state every 2 min.
-STUDY_PRETRAIN = PretrainConfig(budget="60s", micro_batch_size=32, batch_size=256, checkpoint_every_min=2.0,
-                                log_every_steps=2)  # fmt: skip
+# The study's pretraining: minutes, not a day. The same batch of 256 for every model (cramming's
+# ramp to 8192 takes a budget of hours to pay off); a state every 2 min.
+STUDY_PRETRAIN = PretrainConfig(budget="60s", micro_batch_size=32, batch_size=256, checkpoint_every_min=2.0)
 STUDY_SET_PER_MODEL = ("preset", "data", "out")
 FINETUNE_UNSET = FinetuneSettings()  # the protocol decides
 
@@ -175,26 +174,35 @@ def _pretrain(out: Path, model: str, shards: Path, settings: StudySettings, log)
     return pretrain(config, resume=resume)
 
 
-def inference_tokens_per_s(
-    model: torch.nn.Module, seq_len: int, device: str, batch: int = 8, repeats: int = 3
-) -> float:
-    """Encoder throughput through ultracram's inference path (FFF layers on their fastest kernel)."""
-    encoder = for_inference(model.encoder.to(device), device)
-    vocab = model.config.vocab_size
-    ids = torch.randint(5, vocab, (batch, seq_len), device=device)
-    mask = torch.ones_like(ids)
+def measure_speeds(models: dict[str, torch.nn.Module], seq_len: int, device: str, batch: int = 8,
+                   rounds: int = 7) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Encoder throughput of every model through ultracram's inference path (FFF layers on their
+    fastest kernel), timed in one block: ``rounds`` rounds, each timing one forward of every
+    model in a rotated order, so that a change in the machine's load hits every model alike.
+    Per model: the median tokens/s, the slowest and fastest round; with the load average."""
+    encoders = {name: for_inference(m.encoder.to(device), device) for name, m in models.items()}
+    inputs = {name: torch.randint(5, m.config.vocab_size, (batch, seq_len), device=device) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    names = list(models)
     with torch.inference_mode():
-        encoder(ids, mask)  # warm-up: kernels compile, caches fill
-        best = math.inf
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            encoder(ids, mask)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return batch * seq_len / best
+        for name in names:  # warm-up: kernels compile, caches fill
+            encoders[name](inputs[name], torch.ones_like(inputs[name]))
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                ids = inputs[name]
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                encoders[name](ids, torch.ones_like(ids))
+                if device == "cuda":  # the time covers the queued GPU work
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    tokens = batch * seq_len
+    return {name: {"median": tokens / float(np.median(t)), "slowest": tokens / max(t), "fastest": tokens / min(t),
+                   "rounds": rounds, "load_before": load_before, "load_after": load_after}
+            for name, t in times.items()}  # fmt: skip
 
 
 def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[list[float]] | None:
@@ -255,16 +263,13 @@ def run_model(
             scores[c.label] = 100 * r[TASKS[c.task].main_metric]["median"]
     mlm = load_checkpoint(run / "final")
     config = mlm.config
-    log(f"{model}: measuring inference speed")
-    cpu = inference_tokens_per_s(mlm, settings.seq_len, "cpu")
-    gpu = inference_tokens_per_s(mlm, settings.seq_len, "cuda") if torch.cuda.is_available() else None
     rows = read_metrics(run / "metrics.csv")
     result = {
         "model": model, "parameters": parameter_counts(mlm)["total"],
         "flops_per_token": flops_per_token(config, settings.seq_len)["total"],
         "tokens_seen": int(summary["tokens"]), "final_mlm_loss": float(summary["final_loss"]),
         "glue": scores, "glue_average": entry["average"]["value"],
-        "glue_average_covers": entry["average"]["covers"], "cpu_tokens_per_s": cpu, "gpu_tokens_per_s": gpu,
+        "glue_average_covers": entry["average"]["covers"],
         "curve": [{"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows],
         "fff_usage": fff_usage(mlm.cpu(), shards),
     }  # fmt: skip
@@ -286,7 +291,11 @@ def study_command(settings: StudySettings, out: str = "out/study") -> tuple[Path
         settings: the study (its fields are this command's flags).
         out: study directory.
     """
-    return run_study(out, settings)
+    try:
+        return run_study(out, settings)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"finished models, the shards and each model's newest pretraining and GLUE states "
+                                f"are kept in {out}; the same command resumes the study") from None  # fmt: skip
 
 
 def run_study(
@@ -302,8 +311,6 @@ def run_study(
     each, on the embedded Wikipedia sample and GLUE slices. ``after_model`` is called after each
     finished model (tests use it to kill a study).
     """
-    from ultracram.report.study_report import ModelResult, write_report  # matplotlib: only when reporting
-
     s = settings or StudySettings()
     out = Path(out_dir)
     _check_settings(out, s)
@@ -319,19 +326,61 @@ def run_study(
             results.append(json.loads(done.read_text()))
         else:
             results.append(run_model(out, m, shards, glue_dir, s, log))
+        if len(results) < len(s.models):  # a report to look at while the study goes on
+            _report(out, s, results, log, speeds=None)
         if after_model:
             after_model(m)
+    log("measuring inference speed: every model in one interleaved block")
+    finals = {r["model"]: load_checkpoint(out / "models" / r["model"] / "pretrain" / "final") for r in results}
+    speeds = {"cpu": measure_speeds(finals, s.seq_len, "cpu")}
+    if torch.cuda.is_available():
+        speeds["cuda"] = measure_speeds(finals, s.seq_len, "cuda")
+    atomic_write_json(out / "speed.json", speeds)
+    return _report(out, s, results, log, speeds=speeds)
+
+
+def _report(out: Path, s: StudySettings, results: list[dict[str, Any]], log, speeds: dict | None) -> tuple[Path, Path]:
+    """The report of the models finished so far; without ``speeds`` it is marked incomplete."""
+    from ultracram.report.study_report import ModelResult, write_report  # matplotlib: only when reporting
+
+    rows = []
+    for r in results:
+        row = dict(r)
+        for device, key in (("cpu", "cpu_tokens_per_s"), ("cuda", "gpu_tokens_per_s")):
+            speed = (speeds or {}).get(device, {}).get(r["model"])
+            if speed:
+                row[key], row[key + "_range"] = speed["median"], [speed["slowest"], speed["fastest"]]
+        rows.append(row)
     covers = sorted({t for r in results for t in r["glue_average_covers"]})
+    kind = {"time": "the same wall-clock time", "tokens": "the same number of tokens",
+            "steps": "the same number of optimizer steps"}[parse_budget(s.pretrain.budget).kind]  # fmt: skip
     notes = [
-        f"Same tokenizer, shards and pretraining budget ({s.pretrain.budget}) for every model; "
+        *([f"INCOMPLETE: {len(results)} of {len(s.models)} models finished; this report is rewritten as the "
+           "study goes on (speed is measured at the end)."] if speeds is None else []),
+        f"Same tokenizer, shards and pretraining budget ({s.pretrain.budget}: {kind}) for every model; "
         f"GLUE dev scores x100, median of {s.seeds} seed(s).",
         f"GLUE average over the tasks present: {', '.join(covers) or 'none'} (WNLI excluded) - not the full GLUE score."
         if covers else "No GLUE average.",
         "Inference throughput: encoder forward, batch 8 x sequence "
-        f"{s.seq_len}, FFF layers on their fastest kernel (ultracram.model.for_inference).",
+        f"{s.seq_len}, FFF layers on their fastest kernel (ultracram.model.for_inference); every model timed "
+        "in one block of 7 interleaved rounds: the median, with the slowest and fastest round.",
+        *_load_notes(speeds),
     ]  # fmt: skip
     meta = {"title": "ultracram comparison study", "notes": notes, "settings": json.loads(json.dumps(asdict(s))),
             "environment": environment()}  # fmt: skip
-    md, page = write_report(out, [ModelResult.from_dict(r) for r in results], meta)
-    log(f"report: {md} and {page} (open it in a browser)")
+    md, page = write_report(out, [ModelResult.from_dict(r) for r in rows], meta)
+    log(f"report{' (incomplete)' if speeds is None else ''}: {md} and {page} (open it in a browser)")
     return md, page
+
+
+def _load_notes(speeds: dict | None) -> list[str]:
+    """The load average around the timing, and a warning when the machine was busy."""
+    cpu = next(iter((speeds or {}).get("cpu", {}).values()), None)
+    if not cpu:
+        return []
+    load = max(cpu["load_before"], cpu["load_after"])
+    note = f"Load average during the timing: {cpu['load_before']:.2f} before, {cpu['load_after']:.2f} after."
+    if load > 0.5 * (os.cpu_count() or 1):
+        note += (" WARNING: the machine was busy; the speed columns are less reliable (the ratios between "
+                 "models less so, as the rounds interleave them).")  # fmt: skip
+    return [note]

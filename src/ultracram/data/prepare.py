@@ -82,10 +82,14 @@ def prepare_command(settings: PrepareSettings) -> dict:
         inputs.append(export_hf_dataset(s.hf_dataset, Path(s.out) / "hf_source", config=s.hf_config, split=s.hf_split,
                                         column=s.hf_column, data_files=s.hf_data_files,
                                         max_documents=s.hf_max_documents))  # fmt: skip
-    m = prepare_corpus(inputs, s.out, s.tokenizer, s.seq_len, dedup=s.dedup, sort_by_length=s.sort_by_length,
-                       sort_buffer=s.sort_buffer, max_token_ratio=s.max_token_ratio, workers=s.workers,
-                       shard_sequences=s.shard_sequences, resume=not s.restart, show_progress=True,
-                       overwrite=s.overwrite)  # fmt: skip
+    try:
+        m = prepare_corpus(inputs, s.out, s.tokenizer, s.seq_len, dedup=s.dedup, sort_by_length=s.sort_by_length,
+                           sort_buffer=s.sort_buffer, max_token_ratio=s.max_token_ratio, workers=s.workers,
+                           shard_sequences=s.shard_sequences, resume=not s.restart, show_progress=True,
+                           overwrite=s.overwrite)  # fmt: skip
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the complete shards in {s.out} are kept; the same command resumes after the "
+                                "last of them") from None  # fmt: skip
     c = m["counts"]
     print(f"{s.out}: {c['sequences']:,} sequences x {m['seq_len']} in {len(m['shards'])} shard(s); "
           f"{c['documents']:,} documents, {c['documents_dropped_ratio']:,} dropped by the ratio filter "

@@ -743,8 +743,19 @@ def run_preflight(
     opts = options or DoctorOptions()
     opts.out_dir = out
     console.print(f"[bold]ultracram doctor[/]: {setup.description or setup.config.name}, lr {setup.lr:g}")
+    names = [n for n in CHECKS if not only or n in only]
+    start = time.monotonic()
+
+    def show(name: str) -> None:  # a spinner on a terminal; a line per check in a log
+        i = names.index(name) + 1 if name in names else 0
+        text = f"check {i}/{len(names)}: {name} ({time.monotonic() - start:.0f} s so far)"
+        if console.is_terminal:
+            status.update(text)
+        else:
+            console.print(text)
+
     with console.status("running checks") as status:
-        results = run_checks(setup, opts, only, progress=lambda n: status.update(f"check: {n}"))
+        results = run_checks(setup, opts, only, progress=show)
     console.print(results_table(results))
     counts = Counter(r.status for r in results)
     console.print(

@@ -121,7 +121,12 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
     n = len(loss)
     findings: list[Diagnosis] = []
     if n < 5:
-        return PostMortem("too short", f"only {n} logged steps; nothing to diagnose", findings, {"rows": n})
+        last = int(steps[-1]) if steps else 0
+        advice = (f"only {n} logged steps (the run made {last} optimizer steps); nothing to diagnose. A run "
+                  "needs tens of optimizer steps to learn anything: give a longer --budget, or leave --batch_size "
+                  "to the batch plan (it fits the batch to the budget) or lower it; a new run logs every step "
+                  "for its first 100 (--log_every_steps)")  # fmt: skip
+        return PostMortem("too short", advice, findings, {"rows": n})
     bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
     finite = [v for v in loss if math.isfinite(v)]
     window = max(3, n // 20) | 1

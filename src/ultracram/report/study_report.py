@@ -30,8 +30,10 @@ class ModelResult:
     glue: dict[str, float] = field(default_factory=dict)
     glue_average: float | None = None
     glue_average_covers: list[str] = field(default_factory=list)
-    cpu_tokens_per_s: float | None = None
+    cpu_tokens_per_s: float | None = None  # median of interleaved rounds (study.measure_speeds)
     gpu_tokens_per_s: float | None = None
+    cpu_tokens_per_s_range: list[float] | None = None  # [slowest, fastest] round
+    gpu_tokens_per_s_range: list[float] | None = None
     curve: list[dict[str, float]] = field(default_factory=list)  # rows with elapsed_s, tokens, loss
     fff_usage: list[list[float]] | None = None  # per layer: fraction of leaves ever reached, etc.
 
@@ -50,6 +52,13 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _speed(median: float | None, spread: list[float] | None) -> str:
+    """``12,345 (11,900-12,800)``: the median and the slowest and fastest rounds."""
+    if median is None:
+        return "-"
+    return f"{median:,.0f}" + (f" ({spread[0]:,.0f}-{spread[1]:,.0f})" if spread else "")
+
+
 def result_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per-task GLUE scores, average, size, cost, pretraining and speed."""
     tasks = list(dict.fromkeys(t for r in results for t in r.glue))  # first-seen (paper) order
@@ -60,7 +69,8 @@ def result_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]
         rows.append([
             r.model, *[_fmt(r.glue.get(t), 1) for t in tasks], _fmt(r.glue_average, 1),
             _fmt(r.parameters / 1e6), _fmt(r.flops_per_token / 1e6, 2), _fmt(r.tokens_seen),
-            _fmt(r.final_mlm_loss, 3), _fmt(r.cpu_tokens_per_s, 0), _fmt(r.gpu_tokens_per_s, 0),
+            _fmt(r.final_mlm_loss, 3), _speed(r.cpu_tokens_per_s, r.cpu_tokens_per_s_range),
+            _speed(r.gpu_tokens_per_s, r.gpu_tokens_per_s_range),
         ])  # fmt: skip
     return header, rows
 
@@ -99,6 +109,7 @@ def _figures(results: list[ModelResult], out: Path) -> dict[str, Path]:
         for r in fff:
             ax.plot(range(len(r.fff_usage)), [u[0] for u in r.fff_usage], marker="o", label=r.model)
         ax.set(xlabel="layer", ylabel="fraction of leaves reached", ylim=(0, 1.05), title="FFF routing usage")
+        ax.set_xticks(range(max(len(r.fff_usage) for r in fff)))  # layers are whole numbers
         ax.legend()
         fig.tight_layout()
         figs["fff_usage"] = out / "fff_usage.png"

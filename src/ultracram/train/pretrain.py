@@ -64,6 +64,7 @@ from ultracram.train.engine import (
     restore_state,
     save_state,
     setup_fabric,
+    synchronize,
 )
 from ultracram.train.metrics import (
     MetricsLogger,
@@ -74,6 +75,7 @@ from ultracram.train.metrics import (
     read_metrics,
 )
 from ultracram.train.optim import BudgetSchedule, accumulation_steps, build_optimizer
+from ultracram.train.plan import cap_accumulation, plan_batch
 from ultracram.train.pretrain_config import (
     RESUME_CHANGEABLE,
     Budget,
@@ -143,10 +145,15 @@ def pretrain(
     if config.monitor_every and monitor is None:
         raise PretrainError("monitor_every is set but no monitor was given: pass "
                             "monitor=ultracram.doctor.monitors.Monitor (the CLI does)")  # fmt: skip
+    fit_batch = config.batch_size is None  # from the recipe: fitted to the budget (train/plan.py)
     config = resolve_recipe(config)
+    if resume and fit_batch:  # a resumed run keeps the batch its plan chose
+        stored = stored_settings(latest_state(Path(config.out) / "states") or Path(config.out), Path(config.out))
+        if stored and stored.get("batch_size"):
+            config = dataclasses.replace(config, batch_size=int(stored["batch_size"]))
     previous = preflight(config, resume)
     fabric = setup(config)
-    return fabric.launch(main, config, resume, faults, monitor, previous)
+    return fabric.launch(main, config, resume, faults, monitor, previous, fit_batch and not resume)
 
 
 # Files a run writes in its --out directory; a new run (without --resume) refuses to start where
@@ -274,14 +281,16 @@ class Progress:
     elapsed_s: float = 0.0  # training wall time, across resumes
     lr_scale: float = 1.0  # lowered by each health recovery
     recoveries: int = 0
+    micro_seconds: float = 0.0  # measured seconds per micro batch (smoothed); 0: not yet measured
 
 
 def main(
     fabric, config: PretrainConfig, resume: bool, faults: FaultInjection | None, monitor_factory: MonitorFactory | None,
-    previous: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None, fit_batch: bool = False,
 ) -> dict:  # fmt: skip
-    """Data, model, optimizer, resume, loop, validation, outputs. ``previous``: the settings
-    stored with the run being resumed (``preflight``), to apply a new ``lr`` / ``precision``."""
+    """Data, model, optimizer, batch plan, resume, loop, validation, outputs. ``previous``: the
+    settings stored with the run being resumed (``preflight``), to apply a new ``lr`` /
+    ``precision``. ``fit_batch``: the batch comes from the recipe and is fitted to the budget."""
 
     out = Path(config.out)
     states_dir = out / "states"
@@ -306,6 +315,18 @@ def main(
     )
 
     progress = Progress()
+    if budget.kind == "time" and not resume:  # seconds per micro batch: the plan's and the budget cap's
+        t0 = time.perf_counter()
+        progress.micro_seconds = probe_micro_seconds(fabric, model, shards, config, model_config)
+        progress.elapsed_s += _synced_time(fabric, time.perf_counter() - t0)  # the probe is paid from the budget
+    plan = plan_batch(budget, recipe_batch=config.batch_size, explicit=not fit_batch, micro_batch=config.micro_batch_size,
+                      world=fabric.world_size, seq_len=shards.seq_len, data_sequences=len(shards),
+                      ramp_until=config.batch_ramp_until, micro_seconds=progress.micro_seconds or None)  # fmt: skip
+    if not resume:
+        config = dataclasses.replace(config, batch_size=plan.batch_size)
+        fabric.print(plan.summary(budget, config.micro_batch_size, fabric.world_size))
+        if plan.warning():
+            fabric.print(f"warning: {plan.warning()}")
     start = latest_state(states_dir) if resume else None
     if start is not None:
         progress = _restore(fabric, start, model, optimizer)
@@ -371,19 +392,17 @@ class _MicroBatches:
     """The micro batches of one optimizer step, built on access (``engine.train_step`` takes any
     sequence): ``units`` are the data positions (``mlm_batch`` steps) of this rank's micro batches."""
 
-    def __init__(self, fabric, shards, config: PretrainConfig, mask_rate: float, units: list[int]):
-        self.fabric, self.shards, self.config, self.mask_rate, self.units = (
-            fabric,
-            shards,
-            config,
-            mask_rate,
-            units,
-        )
+    def __init__(self, fabric, shards, config: PretrainConfig, mask_rate: float, units: list[int],
+                 on_micro: Callable[[int, int], None] | None = None):  # fmt: skip
+        self.fabric, self.shards, self.config, self.mask_rate, self.units = fabric, shards, config, mask_rate, units
+        self.on_micro = on_micro  # told (index, count) as each micro batch is built: progress within a step
 
     def __len__(self) -> int:
         return len(self.units)
 
     def __getitem__(self, a: int) -> dict[str, torch.Tensor]:
+        if self.on_micro is not None:
+            self.on_micro(a, len(self.units))
         batch = mlm_batch(self.shards, step=self.units[a], batch_size=self.config.micro_batch_size,
                           seed=self.config.seed, mask_rate=self.mask_rate)  # fmt: skip
         return {k: self.fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
@@ -415,6 +434,10 @@ def fit(
         t0 = time.perf_counter()
         accumulation = accumulation_steps(fraction, config.batch_size, config.micro_batch_size,
                                           config.batch_ramp_until, world)  # fmt: skip
+        # The step must end within the budget: a time budget stops within about one micro batch.
+        accumulation = cap_accumulation(accumulation, budget, elapsed_s=progress.elapsed_s, tokens=progress.tokens,
+                                        micro_seconds=progress.micro_seconds or None,
+                                        tokens_per_micro=micro_global * seq_len)  # fmt: skip
         lr = config.lr * schedule(fraction) * progress.lr_scale
         # The data unit is one per-device micro batch, masked on its own: unit u is
         # mlm_batch(step=u), and micro batch a of this step on rank r is unit
@@ -422,7 +445,8 @@ def fit(
         # and a run's batches depend only on the micro batch size and the global batch,
         # not on how many devices share them (1 device x 4 accumulation = 2 x 2 = 4 x 1).
         batches = _MicroBatches(fabric, shards, config, model_config.mask_rate,
-                                [progress.micro_step + a * world + fabric.global_rank for a in range(accumulation)])  # fmt: skip
+                                [progress.micro_step + a * world + fabric.global_rank for a in range(accumulation)],
+                                on_micro=lambda a, n, t0=t0: bar.micro(a, n, progress, t0))  # fmt: skip
         result = engine.train_step(fabric, model, optimizer, batches, grad_clip=config.grad_clip, lr=lr,
                             **(faults.hooks(progress.step) if faults is not None else {}))  # fmt: skip
         loss_value, norm = result.loss, result.grad_norm
@@ -437,8 +461,11 @@ def fit(
         progress.step += 1
         progress.micro_step += accumulation * world
         progress.tokens += step_tokens
-        step_time = time.perf_counter() - t0
-        progress.elapsed_s += _synced_time(fabric, step_time)
+        step_time = _synced_time(fabric, time.perf_counter() - t0)
+        progress.elapsed_s += step_time
+        # Seconds per micro batch, smoothed over steps: the next step's budget cap uses it.
+        measured = step_time / accumulation
+        progress.micro_seconds = measured if not progress.micro_seconds else 0.7 * progress.micro_seconds + 0.3 * measured
         if monitor is not None:
             _report_findings(
                 fabric, Path(config.out), monitor.on_step(progress.step, raw_module(model), loss_value)
@@ -449,7 +476,7 @@ def fit(
         window["time"] += step_time
         fraction = budget.fraction(progress.elapsed_s, progress.tokens, progress.step)
         done = fraction >= 1.0
-        if progress.step % config.log_every_steps == 0 or done:
+        if progress.step % _log_every(config, progress.step) == 0 or done:
             tokens_per_s = window["tokens"] / max(window["time"], 1e-9)
             row = {
                 "step": progress.step, "tokens": progress.tokens, "elapsed_s": progress.elapsed_s,
@@ -470,6 +497,38 @@ def fit(
         if faults is not None and faults.after_step is not None:
             faults.after_step(progress.step)
     bar.close()
+
+
+def _log_every(config: PretrainConfig, step: int) -> int:
+    """Steps between metrics rows: the setting, or every step for the first 100 then every 10."""
+    if config.log_every_steps is not None:
+        return config.log_every_steps
+    return 1 if step <= 100 else 10
+
+
+def probe_micro_seconds(fabric, model, shards, config: PretrainConfig, model_config: ModelConfig,
+                        repeats: int = 2) -> float:  # fmt: skip
+    """Seconds one micro batch takes (forward + backward), the fastest of ``repeats`` after a
+    warm-up, on a batch training never uses; gradients and random state are left as they were,
+    so the run is the same with or without the probe. Rank zero's figure on every rank."""
+    batch = mlm_batch(shards, step=0, batch_size=config.micro_batch_size, seed=config.seed + 20_011,
+                      mask_rate=model_config.mask_rate)  # fmt: skip
+    batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    best = math.inf
+    for i in range(repeats + 1):  # the first pass warms up (allocations, kernels, compile)
+        synchronize(fabric.device)
+        t0 = time.perf_counter()
+        terms = model_loss(model, batch)
+        fabric.backward(terms.task_loss if terms.aux is None else terms.task_loss + terms.aux)
+        synchronize(fabric.device)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state_all(rng[1])
+    return _synced_time(fabric, best)
 
 
 def _report_findings(fabric, out: Path, findings: list) -> None:
@@ -587,7 +646,12 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
             "val_loss": val_loss, "ln_vocab": math.log(model_config.vocab_size),
             "tokens_per_s": progress.tokens / max(progress.elapsed_s, 1e-9),
             "devices": fabric.world_size, "precision": precision_name(fabric),
+            "batch_size": config.batch_size, "micro_batch_size": config.micro_batch_size,
         }  # fmt: skip
+        if budget.kind == "time":  # a time budget stops within about one micro batch: say by how much
+            summary["budget_s"] = budget.amount
+            summary["overrun_s"] = round(progress.elapsed_s - budget.amount, 2)
+            summary["micro_seconds"] = round(progress.micro_seconds, 4)
         save_checkpoint(final, out / "final", tokenizer_path=shards.tokenizer_path,
                         extra={"pretrain": {**summary, "config": config.to_dict()}})  # fmt: skip
         plot_loss_curve(out / "metrics.csv", out / "loss_curve.png",
@@ -597,8 +661,9 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
         if reason:
             summary["divergence"] = reason
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        over = f" ({summary['overrun_s']:+.1f} s over the budget)" if "overrun_s" in summary else ""
         fabric.print(
-            f"done: {progress.step} steps, {progress.tokens:,} tokens in {progress.elapsed_s / 60:.1f} min; "
+            f"done: {progress.step} steps, {progress.tokens:,} tokens in {progress.elapsed_s / 60:.2f} min{over}; "
             f"MLM loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} (val {val_loss:.3f}, "
             f"ln V = {summary['ln_vocab']:.3f}); model: {out / 'final'}"
         )
@@ -611,13 +676,22 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
 
 class _ProgressBar:
     """Progress over the budget fraction with loss, tokens/s and budget left
-    (``ultracram.progress``: a bar on a terminal, plain lines in a log)."""
+    (``ultracram.progress``: a bar on a terminal, plain lines in a log), and within a step, the
+    micro batch being accumulated (a large batch takes minutes per step on a CPU)."""
 
     def __init__(self, budget: Budget, enabled: bool):
         self.budget = budget
         # The budget fraction of a resumed run does not start at 0: budget left is computed
         # here, not estimated by the display.
         self.display = ProgressDisplay("pretraining", 1.0, enabled=enabled, eta=False)
+        self.last = ""  # the latest step's figures
+
+    def micro(self, index: int, count: int, progress: Progress, t0: float) -> None:
+        if not self.display.enabled or count < 2:
+            return
+        elapsed = progress.elapsed_s + time.perf_counter() - t0
+        fraction = self.budget.fraction(elapsed, progress.tokens, progress.step)
+        self.display.update(fraction, f"step {progress.step + 1}: micro batch {index + 1}/{count}  {self.last}")
 
     def update(self, fraction: float, progress: Progress, row: dict) -> None:
         if not self.display.enabled:
@@ -631,6 +705,7 @@ class _ProgressBar:
             left = progress.elapsed_s / max(progress.step, 1) * (self.budget.amount - progress.step)
         info = (f"step {progress.step} loss {row['loss']:.3f} lr {row['lr']:.2e} bs {row['batch_size']} "
                 f"{rate:,.0f} tok/s  budget left {hms(left)}")  # fmt: skip
+        self.last = f"loss {row['loss']:.3f}"
         self.display.update(fraction, info)
 
     def close(self) -> None:

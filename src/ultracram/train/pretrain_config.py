@@ -63,7 +63,9 @@ class PretrainConfig:
     lr_start: float | None = None
     """Budget-triangle: learning rate at fraction 0, as a fraction of the peak."""
     batch_size: int | None = None
-    """Target global batch in sequences (cramming 8192, BERT 256), reached by accumulation."""
+    """Target global batch in sequences, reached by accumulation; null: the recipe's (cramming
+    8192, BERT 256), scaled down on a time or token budget that would leave fewer than ~200
+    optimizer steps (the batch plan, printed at the start; docs/pretraining.md)."""
     micro_batch_size: int = 128
     """Sequences per device per forward/backward pass."""
     batch_ramp_until: float | None = None
@@ -96,8 +98,9 @@ class PretrainConfig:
     """After a non-finite loss/gradient: roll back and multiply the learning rate by this."""
     max_recoveries: int = 3
     """Give up after this many rollbacks."""
-    log_every_steps: int = 10
-    """Write a metrics row every this many optimizer steps."""
+    log_every_steps: int | None = None
+    """Write a metrics row every this many optimizer steps; null: every step for the first
+    100, then every 10 (short runs still get a curve)."""
     val_batches: int = 4
     """Micro batches of the final validation (fixed, seeded differently from training)."""
     monitor_every: int = 0
@@ -154,7 +157,7 @@ class PretrainConfig:
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("log_every_steps", "num_nodes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("beta1", "beta2", "lr_peak_at", "lr_start", "batch_ramp_until", "mask_rate"):
             v = getattr(self, name)
