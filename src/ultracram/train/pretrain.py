@@ -463,9 +463,10 @@ def fit(
         progress.tokens += step_tokens
         step_time = _synced_time(fabric, time.perf_counter() - t0)
         progress.elapsed_s += step_time
-        # Seconds per micro batch, smoothed over steps: the next step's budget cap uses it.
+        # Seconds per micro batch for the next step's budget cap: quick to rise (a slower step is
+        # believed at once, so the budget holds), slow to fall (smoothed over steps).
         measured = step_time / accumulation
-        progress.micro_seconds = measured if not progress.micro_seconds else 0.7 * progress.micro_seconds + 0.3 * measured
+        progress.micro_seconds = max(measured, 0.7 * progress.micro_seconds + 0.3 * measured)
         if monitor is not None:
             _report_findings(
                 fabric, Path(config.out), monitor.on_step(progress.step, raw_module(model), loss_value)
@@ -600,13 +601,25 @@ def _restore(fabric, path: Path, model, optimizer) -> Progress:
 
 @torch.no_grad()
 def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelConfig) -> float:
-    """MLM loss on ``val_batches`` fixed micro batches (units 0 .. val_batches-1 of a seed training
-    never uses), whatever the number of devices: rank r takes units r, r + world, ...; every rank
-    runs the same number of forwards (FSDP gathers weights in each), a unit past the end
-    counting zero. The shards have no held-out split, so this measures the training
-    distribution with fresh masks, not generalisation (GLUE does that)."""
+    """MLM loss on ``val_batches`` fixed micro batches, whatever the number of devices: rank r
+    takes units r, r + world, ...; every rank runs the same number of forwards (FSDP gathers
+    weights in each), a unit past the end counting zero.
+
+    The data (``validation_source`` names it for the summary): the prepared validation split
+    (``TokenShards(split="validation")``, whole documents ``data prepare`` held out) when the
+    shards have one, units 0 .. val_batches-1 drawn with a seed fixed across runs (10_007), so
+    runs of any seed are scored on the same rows and masks: held-out text, a measure of
+    generalisation. Without one (older prepares, ``--validation_fraction 0``), the training
+    shards with fresh masks (units of a seed training never uses, seed + 10_007): that measures
+    the training distribution, not generalisation (GLUE does that)."""
+    from ultracram.data.corpus import has_validation
+
     if config.val_batches <= 0:
         return math.nan
+    if has_validation(shards):
+        data, seed = TokenShards(shards.directory, split="validation"), 10_007
+    else:
+        data, seed = shards, config.seed + 10_007
 
     model.eval()
     world = fabric.world_size
@@ -614,8 +627,8 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     count = torch.zeros((), device=fabric.device)
     for i in range(math.ceil(config.val_batches / world)):
         unit = i * world + fabric.global_rank
-        batch = mlm_batch(shards, step=min(unit, config.val_batches - 1), batch_size=config.micro_batch_size,
-                          seed=config.seed + 10_007, mask_rate=model_config.mask_rate)  # fmt: skip
+        batch = mlm_batch(data, step=min(unit, config.val_batches - 1), batch_size=config.micro_batch_size,
+                          seed=seed, mask_rate=model_config.mask_rate)  # fmt: skip
         batch = {k: fabric.to_device(torch.as_tensor(v)) for k, v in batch.items()}
         terms = model_loss(model, batch)
         weight = float(unit < config.val_batches)
@@ -625,6 +638,14 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     total = fabric.all_reduce(total, reduce_op="sum")
     count = fabric.all_reduce(count.float(), reduce_op="sum")
     return float(total / count.clamp_min(1.0))
+
+
+def validation_source(shards_dir) -> str:
+    """What ``validate`` measures on for the data ``shards_dir`` (a prepared directory or its
+    ``TokenShards``): "validation split" or "training shards (no validation split)"."""
+    from ultracram.data.corpus import has_validation
+
+    return "validation split" if has_validation(shards_dir) else "training shards (no validation split)"
 
 
 def _finish(fabric, config, model, model_config, shards, progress: Progress, val_loss, budget) -> dict:
