@@ -36,7 +36,9 @@ def test_mlm_checkpoint_loads_under_a_classification_head(saved):
     model, path = saved
     clf = load_checkpoint(path, task="classification", num_labels=3, config_overrides={"dropout": 0.1})
     assert clf.config.dropout == 0.1
-    torch.testing.assert_close(clf.encoder.layers[1].ffn.linear_in.weight, model.encoder.layers[1].ffn.linear_in.weight)
+    torch.testing.assert_close(
+        clf.encoder.layers[1].ffn.linear_in.weight, model.encoder.layers[1].ffn.linear_in.weight
+    )
 
 
 def test_truncated_file(saved):
@@ -170,3 +172,58 @@ def test_pretraining_run_directory_says_use_final(saved):
     path.rename(run / "final")
     with pytest.raises(CheckpointError, match=r"pretraining run directory; use .*run/final"):
         load_checkpoint(run)
+
+
+@pytest.mark.parametrize("preset", ["ultrafastbert-tiny", "bert-tiny", "switch-tiny"])
+@pytest.mark.parametrize("stored", ["mlm", "classification"])
+def test_encoder_task_loads_the_encoder_of_a_task_checkpoint(tmp_path, preset, stored):
+    """``task="encoder"`` on a pretrained (MLM) or fine-tuned checkpoint gives its encoder: the
+    same hidden states, bit for bit, as the saved model's own encoder."""
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset), stored, num_labels=3).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so that a mis-loaded tensor shows
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    encoder = load_checkpoint(path, task="encoder").eval()
+    assert type(encoder).__name__ == "Encoder"
+    ids = torch.randint(5, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        assert torch.equal(encoder(ids, mask), model.encoder(ids, mask))
+    # and back: an encoder checkpoint under a new head keeps every encoder tensor
+    enc_path = save_checkpoint(encoder, tmp_path / "enc")
+    clf = load_checkpoint(enc_path, task="classification", num_labels=2).eval()
+    with torch.no_grad():
+        assert torch.equal(clf.encoder(ids, mask), model.encoder(ids, mask))
+
+
+def test_encoder_task_keeps_the_checks(saved):
+    """The checksum, shape and finiteness checks still apply when only the encoder is loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from ultracram.fileio import sha256_file
+
+    _, path = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["fff_depth"] = 4  # the stored trees have depth 5
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        CheckpointError, match=r"encoder of its mlm model.*\n.*shape mismatch for layers\.0\.ffn"
+    ):
+        load_checkpoint(path, task="encoder")
+    meta["model"]["fff_depth"] = 5
+    weights = path / "model.safetensors"
+    state = load_file(str(weights))
+    del state["encoder.final_norm.weight"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="corrupt or was modified"):
+        load_checkpoint(path, task="encoder")
+    meta["weights_sha256"] = sha256_file(weights)
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"missing tensor final_norm\.weight"):
+        load_checkpoint(path, task="encoder")
+    with pytest.raises(CheckpointError, match=r"unknown task 'decoder'"):
+        load_checkpoint(path, task="decoder")

@@ -323,3 +323,33 @@ def test_imported_hf_bert_runs_glue_finetuning(hf_bert, tmp_path):
     settings = dataclasses.replace(PROTOCOLS["sane"], epochs=1, batch_size=8, pooler_size=0, max_length=32)
     result = finetune.finetune_run(tmp_path / "uc", train, [dev], settings, seed=0, run_dir=tmp_path / "run")
     assert result["steps"] == 6 and 0.0 <= result["metrics"]["dev"]["accuracy"] <= 1.0
+
+
+def test_hf_bert_legacy_layernorm_names(hf_bert, tmp_path):
+    """Early BERT checkpoints (Google's TensorFlow conversions, e.g. the original
+    bert-base-uncased) name LayerNorm parameters gamma / beta; transformers reads them as
+    weight / bias, and so does the import."""
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(hf_bert.config.to_json_string())
+
+    def legacy(name: str) -> str:
+        if ".LayerNorm." in name:
+            return name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta"
+            )
+        return name
+
+    state = {legacy(k): v.clone() for k, v in hf_bert.state_dict().items()}
+    assert any(k.endswith("LayerNorm.gamma") for k in state)
+    torch.save(state, src / "pytorch_model.bin")
+    import_checkpoint(src, tmp_path / "uc")
+    ours = load_checkpoint(tmp_path / "uc").eval()
+    ids = torch.randint(5, V, (2, 16))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf_bert(input_ids=ids).logits).abs().max() < 1e-4
+    # both names for one tensor is ambiguous: an error naming it
+    state["bert.embeddings.LayerNorm.weight"] = state["bert.embeddings.LayerNorm.gamma"]
+    torch.save(state, src / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match=r"bert\.embeddings\.LayerNorm\.weight appears twice"):
+        import_checkpoint(src, tmp_path / "uc2")

@@ -28,7 +28,7 @@ from ultracram import __version__
 from ultracram.config import ConfigError, ModelConfig, get_preset
 from ultracram.errors import UltracramError
 from ultracram.fileio import atomic_replace_dir, sha256_file
-from ultracram.model import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, build_model
+from ultracram.model import TASKS, Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, build_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -156,6 +156,8 @@ def load_checkpoint(
     With ``task`` different from the stored one (e.g. an MLM checkpoint loaded for
     ``classification``), the shared encoder weights are loaded and the new head keeps its
     fresh initialisation; every encoder tensor must still be present with the right shape.
+    ``task="encoder"`` loads the encoder of an MLM or classification checkpoint (its head is
+    left out), and an ``encoder`` checkpoint can be given a head the same way.
     ``config_overrides`` change fields that do not affect shapes (e.g. dropout for fine-tuning).
     """
     directory = Path(directory)
@@ -195,11 +197,38 @@ def load_checkpoint(
         _check_vocab(config, int(tok["vocab_size"]), directory / tok["file"])
 
     stored_task = meta["task"]
+    if stored_task not in TASKS:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: unknown task {stored_task!r}; known: {', '.join(TASKS)}"
+        )
     task = task or stored_task
+    if task not in TASKS:
+        raise CheckpointError(f"unknown task {task!r} for checkpoint {directory}; known: {', '.join(TASKS)}")
     num_labels = num_labels if num_labels is not None else (meta.get("num_labels") or 2)
     model = build_model(config, task, num_labels=num_labels)  # type: ignore[arg-type]
-    load_weights(model, state, source=str(weights_path), partial=task != stored_task)
+    source = str(weights_path)
+    if (task == "encoder") != (stored_task == "encoder"):
+        state = encoder_names(state, stored=stored_task, wanted=task)
+        source += f" (the encoder of its {stored_task} model)" if task == "encoder" else ""
+    # A bare encoder wanted from a task checkpoint must match it exactly (nothing is fresh), so
+    # only a new head (another task that has one) makes the load partial.
+    load_weights(model, state, source=source, partial=task != stored_task and task != "encoder")
     return model.to(map_location)
+
+
+def encoder_names(state: dict[str, torch.Tensor], *, stored: str, wanted: str) -> dict[str, torch.Tensor]:
+    """``state`` (saved for task ``stored``) renamed for a model of task ``wanted``.
+
+    The bare ``Encoder`` (task ``encoder``) names its tensors ``embeddings.*``, ``layers.*``; the
+    MLM and classification models hold that same module as ``encoder``, so their names carry an
+    ``encoder.`` prefix. Going to ``encoder`` keeps the ``encoder.`` tensors only (the head is
+    dropped) and strips the prefix; going from ``encoder`` to a task model adds it.
+    """
+    if wanted == "encoder" and stored != "encoder":
+        return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if stored == "encoder" and wanted != "encoder":
+        return {f"encoder.{k}": v for k, v in state.items()}
+    return state
 
 
 def check_finite(state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -10,8 +10,16 @@
   ``AutoModelForSequenceClassification`` with ``trust_remote_code=True``.
 
 Both kinds also store the exact ultracram config (``ultracram_model``) so that ``ultracram
-import`` restores it exactly. The tokenizer is written as ``tokenizer.json`` plus a
-``tokenizer_config.json`` that ``AutoTokenizer`` reads.
+import`` restores it exactly. Tied weights (the MLM decoder) are left out, as ``save_pretrained``
+does: the loaders tie them again, and a stored copy is an UNEXPECTED tensor for ``AutoModel``.
+
+The tokenizer is written as ``tokenizer.json`` plus a standard ``tokenizer_config.json``
+(``PreTrainedTokenizerFast``, BERT's special tokens): it runs no custom code. transformers 4's
+``AutoTokenizer`` takes the class from it; transformers 5's reads ``config.json`` first, which
+for a non-BERT export names the custom model code, so there ``AutoTokenizer`` asks for
+``trust_remote_code`` (for the config, not the tokenizer) while ``PreTrainedTokenizerFast``
+loads the same tokenizer without it. ``model_input_names`` is written out: transformers 5's
+``PreTrainedTokenizerFast`` would otherwise leave out the token types a BERT needs for pairs.
 """
 
 from __future__ import annotations
@@ -53,11 +61,19 @@ def _remote_config(config_dict: dict[str, Any], task: str, num_labels: int) -> d
     return out
 
 
-def _write_tokenizer(tokenizer: Path, out: Path, max_len: int) -> None:
+def _write_tokenizer(tokenizer: Path, out: Path, max_len: int, token_types: bool) -> None:
+    """``tokenizer.json`` as trained, and a ``tokenizer_config.json`` naming transformers' generic
+    ``PreTrainedTokenizerFast``: it runs ``tokenizer.json`` as is, so the ids are exactly
+    ultracram's (``BertTokenizerFast`` would rebuild the normaliser from its own defaults, e.g.
+    lower-casing a cased vocabulary), and it needs no remote code."""
     shutil.copyfile(tokenizer, out / "tokenizer.json")
     vocab = Tokenizer.from_file(str(tokenizer)).get_vocab()
     special = {k: v for k, v in _SPECIAL.items() if v in vocab}
-    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, **special}
+    inputs = (
+        ["input_ids", "token_type_ids", "attention_mask"] if token_types else ["input_ids", "attention_mask"]
+    )
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+               "model_input_names": inputs, "clean_up_tokenization_spaces": False, **special}  # fmt: skip
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
@@ -103,9 +119,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
             weights = hf_state_dict_from_bert(state, config.num_layers, config.hidden_size, task)
         else:
             hf_cfg = _remote_config(config.to_dict(), task, num_labels)
+            # unique_state_dict already holds the tied decoder once, as the word embedding; the
+            # remote UltracramForMaskedLM declares the tie (_tied_weights_keys), as BertForMaskedLM does.
             weights = {k: v.clone() for k, v in state.items()}
-            if task == "mlm" and config.tie_embeddings:  # stored too, so no loader sees it missing
-                weights["mlm_head.decoder.weight"] = state["encoder.embeddings.word.weight"].clone()
             if task == "encoder":  # AutoModel's own names have no "encoder." prefix
                 weights = {k.removeprefix("encoder."): v for k, v in weights.items()}
             for name in REMOTE_FILES:
@@ -118,11 +134,46 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "hf
         marker = {"command": "ultracram export", "format": format, "checkpoint": str(checkpoint.resolve())}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if meta.get("tokenizer"):
-            _write_tokenizer(
-                checkpoint / meta["tokenizer"].get("file", TOKENIZER_NAME), tmp, config.max_seq_len
-            )
+            _write_tokenizer(checkpoint / meta["tokenizer"].get("file", TOKENIZER_NAME), tmp, config.max_seq_len,
+                             token_types=config.type_vocab_size > 0)  # fmt: skip
 
     return atomic_replace_dir(out, build)
+
+
+_AUTO_CLASSES = {"mlm": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification",
+                 "encoder": "AutoModel"}  # fmt: skip
+
+
+def export_summary(directory: str | Path) -> list[str]:
+    """What an export holds and how to load it, as printed by ``ultracram export``: the model class,
+    whether it needs ``trust_remote_code``, and one line of Python each for the tokenizer and the
+    model (both tried by the tests)."""
+    directory = Path(directory)
+    cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    model_class = (cfg.get("architectures") or ["?"])[0]
+    task = cfg.get("ultracram_task", "mlm")
+    auto = _AUTO_CLASSES.get(task, "AutoModel")
+    where = repr(str(directory))
+    if needs_remote_code(directory):
+        lines = [f"  model: {model_class} ({cfg['ultracram_model'].get('name', 'custom')}, no native transformers "
+                 "class): custom code in modeling_ultracram.py; loading it needs trust_remote_code=True",
+                 f"    from transformers import {auto}; model = {auto}.from_pretrained({where}, trust_remote_code=True)"]  # fmt: skip
+    else:
+        lines = [f"  model: {model_class}, a native transformers class: no trust_remote_code needed",
+                 f"    from transformers import {auto}; model = {auto}.from_pretrained({where})"]  # fmt: skip
+    if not (directory / "tokenizer.json").is_file():
+        return [*lines, "  tokenizer: none (the checkpoint has no tokenizer.json)"]
+    if needs_remote_code(directory):
+        # transformers 5's AutoTokenizer reads config.json (custom code) before tokenizer_config.json,
+        # so it would ask; the tokenizer class itself never needs remote code.
+        tokenizer = ["  tokenizer: PreTrainedTokenizerFast (tokenizer.json), no custom code; AutoTokenizer of "
+                     "transformers 5 reads config.json first, so it wants trust_remote_code=True here",
+                     "    from transformers import PreTrainedTokenizerFast; "
+                     f"tokenizer = PreTrainedTokenizerFast.from_pretrained({where})"]  # fmt: skip
+    else:
+        tokenizer = ["  tokenizer: PreTrainedTokenizerFast (tokenizer.json), no custom code",
+                     f"    from transformers import AutoTokenizer; tokenizer = AutoTokenizer.from_pretrained({where})"]  # fmt: skip
+    return [*lines, *tokenizer]
 
 
 def export_command(checkpoint: str, out: str, format: Literal["hf"] = "hf", overwrite: bool = False) -> Path:
@@ -131,8 +182,10 @@ def export_command(checkpoint: str, out: str, format: Literal["hf"] = "hf", over
     Write a checkpoint as a directory that transformers loads offline: bert-* models as a native
     BertForMaskedLM / BertForSequenceClassification, every other model with a self-contained
     modeling_ultracram.py (load with trust_remote_code=True through AutoModel,
-    AutoModelForMaskedLM or AutoModelForSequenceClassification). The tokenizer is included.
-    Prints the directory written.
+    AutoModelForMaskedLM or AutoModelForSequenceClassification). The tokenizer is included, with
+    a standard tokenizer_config.json (no custom code). Prints the directory written, the model
+    class, whether trust_remote_code is needed, and one line of Python each to load the
+    tokenizer and the model.
 
     Args:
         checkpoint: ultracram checkpoint directory
@@ -143,6 +196,5 @@ def export_command(checkpoint: str, out: str, format: Literal["hf"] = "hf", over
     """
     path = export_checkpoint(checkpoint, out, format=format, overwrite=overwrite)
     print(path)
-    if needs_remote_code(path):
-        print("note: not a BERT; load it with trust_remote_code=True (it ships modeling_ultracram.py)")
+    print("\n".join(export_summary(path)))
     return path

@@ -13,8 +13,8 @@ import torch
 from ultracram.config import ModelConfig, get_preset
 from ultracram.interop.weights import ConversionError
 
-__all__ = ["ConversionError", "bert_problems", "config_from_hf_bert", "hf_bert_config", "hf_state_dict_from_bert",
-           "state_dict_from_hf_bert"]  # fmt: skip
+__all__ = ["ConversionError", "bert_problems", "config_from_hf_bert", "hf_bert_config", "hf_bert_names",
+           "hf_state_dict_from_bert", "state_dict_from_hf_bert"]  # fmt: skip
 
 
 def config_from_hf_bert(hf: dict[str, Any], name: str = "bert-base") -> ModelConfig:
@@ -72,17 +72,35 @@ _IGNORABLE = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids", 
               "cls.predictions.decoder.bias", "bert.pooler.", "cls.seq_relationship.")  # fmt: skip
 
 
+_LEGACY_NORM = {"gamma": "weight", "beta": "bias"}
+
+
+def hf_bert_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The current Hugging Face names of a BERT state dict, as ``from_pretrained`` reads them:
+    ``torch.compile``'s ``_orig_mod.`` removed, the ``bert.`` prefix added to a bare ``BertModel``,
+    and the TensorFlow-era ``LayerNorm.gamma`` / ``LayerNorm.beta`` of early checkpoints (Google's
+    original BERT conversions) renamed to ``weight`` / ``bias``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in hf_state.items():
+        name = key.replace("_orig_mod.", "")
+        stem, _, last = name.rpartition(".")
+        if stem.endswith("LayerNorm") and last in _LEGACY_NORM:
+            name = f"{stem}.{_LEGACY_NORM[last]}"
+        if name in out:
+            raise ConversionError(f"tensor {name} appears twice (as {key} and under its other name)")
+        out[name] = value
+    if not any(k.startswith("bert.") for k in out):  # a bare BertModel: add the prefix back
+        out = {(k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"): v for k, v in out.items()}
+    return out
+
+
 def state_dict_from_hf_bert(
     hf_state: dict[str, torch.Tensor], num_layers: int, task: str = "mlm"
 ) -> dict[str, torch.Tensor]:
     """Rename a Hugging Face ``BertForMaskedLM`` state dict to ultracram's ``EncoderForMaskedLM``
     (``task="mlm"``), or a ``BertForSequenceClassification`` one to
     ``EncoderForSequenceClassification`` (``task="classification"``)."""
-    hf_state = {k.replace("_orig_mod.", ""): v for k, v in hf_state.items()}
-    if not any(k.startswith("bert.") for k in hf_state):  # a bare BertModel: add the prefix back
-        hf_state = {
-            (k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"): v for k, v in hf_state.items()
-        }
+    hf_state = hf_bert_names(hf_state)
     mapping = _static_map()
     if task == "classification":
         mapping = {k: v for k, v in mapping.items() if k.startswith("encoder.")}
@@ -190,7 +208,7 @@ def hf_state_dict_from_bert(
         for p in ("weight", "bias"):
             q, k, v = state[f"encoder.layers.{i}.mixer.qkv.{p}"].split(hidden_size, dim=0)
             out.update({f"{base}query.{p}": q, f"{base}key.{p}": k, f"{base}value.{p}": v})
-    if task == "mlm":  # written out so that loaders that do not tie still get the right values
-        out["cls.predictions.decoder.weight"] = state["encoder.embeddings.word.weight"]
-        out["cls.predictions.decoder.bias"] = state["mlm_head.decoder.bias"]
+    # The decoder (weight and bias) is not written: BertForMaskedLM ties it to the word embeddings
+    # and to cls.predictions.bias, and its save_pretrained leaves it out. Written, it would be
+    # reported UNEXPECTED by every model without the MLM head (AutoModel).
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
