@@ -181,7 +181,21 @@ def pretraining_run_dir(c: Case):
     run.mkdir()
     c.ckpt.rename(run / "final")
     (run / "summary.json").write_text("{}\n")
-    return c.argv(checkpoint=run), [str(run / "final"), "use"]
+    return c.argv(checkpoint=run), [
+        f"{run} is a pretraining run directory",
+        f"use {run / 'final'} (its final checkpoint)",
+    ]
+
+
+def unfinished_pretraining_run_dir(c: Case):
+    run = c.root / "run"
+    (run / "states").mkdir(parents=True)  # no final/ yet: the run is still going (or was killed)
+    (run / "metrics.csv").write_text("step,tokens,elapsed_s,fraction,loss\n")
+    return c.argv(checkpoint=run), [
+        f"{run} is a pretraining run directory",
+        str(run / "final"),
+        "not written yet",
+    ]
 
 
 def stsb_score_out_of_range_tsv(c: Case):
@@ -239,7 +253,20 @@ def missing_glue_dir(c: Case):
 
 
 def unknown_task(c: Case):
-    return c.argv(tasks="sst2,rtee"), ["'rtee'", "did you mean 'rte'"]
+    return c.argv(tasks="sst-2,rtee"), ["'rtee'", "did you mean 'rte'"]
+
+
+def unknown_task_in_per_task(c: Case):
+    return c.argv("--per_task.rtee.epochs", "2"), ["'rtee'", "did you mean 'rte'"]
+
+
+def glue_hub_task_not_cached(c: Case):
+    # HF_DATASETS_CACHE/HF_HUB_OFFLINE are read when datasets is imported: the subprocess test
+    # in test_glue_hub.py sets them through the environment; here the cache is the empty one
+    # that _offline_empty_cache sets up (see the test below).
+    argv = c.argv(tasks="rte")
+    argv[argv.index("--glue_dir") + 1] = "nyu-mll/glue"
+    return argv, ["GLUE task rte", "not in the Hugging Face datasets cache", "offline"]
 
 
 def zero_seeds(c: Case):
@@ -320,6 +347,7 @@ ROWS = [
     config_not_json,
     missing_tokenizer,
     pretraining_run_dir,
+    unfinished_pretraining_run_dir,
     stsb_score_out_of_range_tsv,
     stsb_negative_score_dev_tsv,
     stsb_score_out_of_range_parquet,
@@ -329,6 +357,8 @@ ROWS = [
     empty_file,
     missing_glue_dir,
     unknown_task,
+    unknown_task_in_per_task,
+    glue_hub_task_not_cached,
     zero_seeds,
     unknown_setting_key,
     unknown_task_in_set,
@@ -349,8 +379,17 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture
+def _offline_empty_cache(request, tmp_path_factory, monkeypatch):
+    """For the row that loads GLUE by name: datasets offline, with an empty cache of its own."""
+    if request.node.callspec.params["row"] is glue_hub_task_not_cached:
+        datasets = pytest.importorskip("datasets")
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets"))
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[r.__name__ for r in ROWS])
-def test_bad_input_is_one_clear_error_and_changes_nothing(row, base, tmp_path, capsys):
+def test_bad_input_is_one_clear_error_and_changes_nothing(row, base, tmp_path, capsys, _offline_empty_cache):
     case = Case(tmp_path, base)
     argv, expected = row(case)
     before = snapshot(tmp_path)

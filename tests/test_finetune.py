@@ -134,7 +134,9 @@ def test_settings_protocols_and_overrides():
     with pytest.raises(FinetuneError, match="unknown protocol 'roberta'"):
         resolve_settings(tasks, "roberta")
     # Settings for every task as the CLI gives them: null fields are the protocol's.
-    s = resolve_settings(tasks, "bert", FinetuneSettings(lr=1e-4, max_train_examples=8), {"rte": {"epochs": 1}})
+    s = resolve_settings(
+        tasks, "bert", FinetuneSettings(lr=1e-4, max_train_examples=8), {"rte": {"epochs": 1}}
+    )
     assert (s["sst2"].lr, s["sst2"].epochs, s["sst2"].batch_size, s["sst2"].grad_clip) == (1e-4, 3.0, 32, 1.0)
     assert (s["rte"].epochs, s["rte"].max_train_examples, s["rte"].pooler_size) == (1.0, 8, 0)
 
@@ -248,3 +250,44 @@ def test_settings_suggest_close_names():
         resolve_settings([SST2], "sane", {"epochs": "inf"})
     with pytest.raises(FinetuneError, match=r"rte: expected an object of KEY: VALUE"):
         resolve_settings([SST2], "sane", {}, {"rte": 3})
+
+
+def test_progress_in_a_log_names_the_run_and_counts_steps(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Output that is not a terminal (capsys; a CI log) gets whole plain lines: the first at
+    once, then at most one every 30 s, and the last with every step."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # these make rich draw a bar anyway
+        monkeypatch.delenv(name, raising=False)
+    glue = tmp_path / "glue"
+    words = ["good", "great", "fine", "bad", "awful", "poor"]
+    _write_task(
+        glue, "SST-2", "sentence\tlabel", [f"{w} show \t{int(i % 6 < 3)}" for i, w in enumerate(words * 8)]
+    )
+    common = dict(tasks="sst2", overrides={"epochs": 2, "lr": 1e-3, "batch_size": 8}, log=lambda _: None)
+    capsys.readouterr()
+    run_glue([f"m={tiny_checkpoint}"], [glue], tmp_path / "out", **common)
+    lines = capsys.readouterr().out.splitlines()
+    train = [line for line in lines if " train step " in line]
+    evals = [line for line in lines if " eval dev " in line]
+    assert train and evals and len(train) + len(evals) == len(lines), lines
+    assert all(line.startswith("GLUE 1/1 m SST-2 seed 0: ") for line in lines), lines
+    assert (
+        "train step 1/12 epoch 1/2 loss " in train[0] and " left" in train[0]
+    )  # 48 examples, batch 8, 2 epochs
+    assert " 100.0% " in train[-1] and "train step 12/12 epoch 2/2 " in train[-1] and " ex/s " in train[-1]
+    assert " 100.0% " in evals[-1] and "eval dev 48/48 examples" in evals[-1]
+    assert len(set(lines)) == len(lines)  # the final line is not repeated by close()
+    # A rerun trains nothing, so it shows no progress.
+    run_glue([f"m={tiny_checkpoint}"], [glue], tmp_path / "out", **common)
+    assert capsys.readouterr().out == ""
+    # progress=False (library use) prints nothing either.
+    run_glue([f"m={tiny_checkpoint}"], [glue], tmp_path / "out2", **common, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_per_task_key_from_the_cli_with_underscore_is_the_task(tiny_checkpoint, tmp_path):
+    """The generated CLI turns --per_task.sst-2.epochs into the key "sst_2": it is SST-2, not an
+    unknown task (a bad value shows that the key reached the task's settings)."""
+    with pytest.raises(FinetuneError, match=r"sst2") as e:
+        run_glue([str(tiny_checkpoint)], [tmp_path], tmp_path / "out", tasks="sst2",
+                 task_overrides={"sst_2": {"epochs": "many"}}, log=lambda _: None)  # fmt: skip
+    assert "unknown task" not in str(e.value) and "epochs" in str(e.value)

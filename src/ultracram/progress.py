@@ -37,6 +37,7 @@ class ProgressDisplay:
         self.start = time.monotonic()
         self.last_line = -float("inf")  # log mode: when the last line was printed
         self.state: tuple[float, str] | None = None  # latest (completed, info), for close()
+        self.printed: tuple[float, str] | None = None  # log mode: the state of the last line printed
         if not enabled:
             return
         from rich.console import Console
@@ -67,11 +68,12 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-        elif self.enabled and self.state is not None:
+        elif self.enabled and self.state is not None and self.state != self.printed:  # never the same line twice
             self._print_line(*self.state)
         self.enabled = False
 
     def _print_line(self, completed: float, info: str) -> None:
+        self.printed = (completed, info)
         elapsed = time.monotonic() - self.start
         fraction = min(max(completed / self.total, 0.0), 1.0)
         left = f"  {hms(elapsed / fraction - elapsed)} left" if self.eta and 0.0 < fraction < 1.0 else ""

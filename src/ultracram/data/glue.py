@@ -10,10 +10,12 @@ Two loaders read the same tasks:
   readers, tab-separated with ``csv.QUOTE_NONE`` (a ``"`` is text, never a quote). The
   reduced MNLI/QQP dev TSVs of ../shared/data/glue/extra (``*.reduced.tsv``) are read too.
 - ``load_glue_hf``: Hugging Face ``datasets`` (``nyu-mll/glue`` layout), from local
-  parquet/json/csv files or by hub name when the network is there.
+  parquet/json/csv files or by hub name (``datasets.load_dataset("nyu-mll/glue", task)``,
+  which reads the datasets cache when offline or when the Hub cannot be reached).
 
-``find_split`` looks for a split in one or more directories in both layouts. Every problem
-with the input is a ``GlueDataError`` naming the file, the line and what was expected.
+``find_split`` looks for a split in one or more sources, searched in order: directories in both
+layouts, or the hub dataset named ``nyu-mll/glue`` (``glue`` for short). Every problem with the
+input is a ``GlueDataError`` naming the file, the line and what was expected.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -262,31 +264,101 @@ def load_glue_tsv(task: GlueTask | str, path: str | Path, split: str | None = No
 
 _HF_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
+HUB_NAME = "nyu-mll/glue"
+"""The GLUE dataset on the Hugging Face Hub; its parquet files are the layout ``split_candidates``
+finds on disk (``TASK/SPLIT-*.parquet``), so both go through the same column/label mapping."""
+HUB_ALIASES = ("nyu-mll/glue", "glue")
+"""What ``--glue_dir`` accepts as the hub dataset (when no directory of that name exists)."""
+
+
+def hub_source(source: str | Path) -> str | None:
+    """The hub dataset that a GLUE source names (``nyu-mll/glue``, or ``glue`` for short), or
+    None when it is a directory. An existing directory of that name stays a directory: a local
+    ``glue/`` folder must not silently turn into a download."""
+    text = str(source)
+    if text in HUB_ALIASES and not Path(text).is_dir():
+        return HUB_NAME
+    return None
+
+
+@dataclass(frozen=True)
+class HubSplit:
+    """A split that ``find_split`` found in a hub dataset (``load_split`` loads it)."""
+
+    name: str
+    task: str
+    split: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.task}:{HF_SPLITS.get(self.split, self.split)}"
+
+
+# One load per (dataset, task, cache, offline) and process: run_glue asks for a task's train and
+# dev splits separately, and each load_dataset call would ask the Hub again (or print the
+# "using the cached version" warning again when offline).
+_HUB_LOADED: dict[tuple[str, str, str, bool], Any] = {}
+
+
+def _hub_dataset(name: str, task: GlueTask):
+    """All splits of configuration ``task.name`` of hub dataset ``name`` (a ``DatasetDict``),
+    through ``datasets.load_dataset``: from the Hub, or from the datasets cache when offline
+    (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) or when the Hub cannot be reached."""
+    datasets = optional_import("datasets", f"loading GLUE by name (--glue_dir {name})")
+    cache = str(datasets.config.HF_DATASETS_CACHE)
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    key = (name, task.name, cache, offline)
+    if key not in _HUB_LOADED:
+        try:
+            _HUB_LOADED[key] = datasets.load_dataset(name, task.name)
+        except Exception as e:  # connection, cache and config errors come in many types
+            raise GlueDataError(_hub_error(name, task, e, cache, offline)) from e
+    return _HUB_LOADED[key]
+
+
+def _hub_error(name: str, task: GlueTask, error: Exception, cache: str, offline: bool) -> str:
+    """One line saying why ``task`` of hub dataset ``name`` did not load."""
+    why = " ".join(str(error).split()) or type(error).__name__  # datasets' messages span lines
+    # What datasets raises for "not cached": offline, ConnectionError (nothing of the dataset in
+    # the cache) or ValueError "Couldn't find cache ..." (other configurations only); without
+    # the network, the Hub's ConnectionError once the cache fallback failed too.
+    not_cached = isinstance(error, ConnectionError | FileNotFoundError) or "find cache" in why
+    if not_cached and offline:
+        return (f"GLUE task {task.name} ({name}, configuration {task.name}) is not in the Hugging Face "
+                f"datasets cache {cache} and offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE); "
+                f"load it once with the network, or pass --glue_dir DIR with glue_data or parquet files "
+                f"({why})")  # fmt: skip
+    if not_cached:
+        return (f"GLUE task {task.name} ({name}, configuration {task.name}) is not in the Hugging Face "
+                f"datasets cache {cache} and the Hub cannot be reached: {why}; connect, or pass --glue_dir "
+                "DIR with glue_data or parquet files")  # fmt: skip
+    return f"cannot load GLUE task {task.name} from {name} (configuration {task.name}): {why}"
+
 
 def load_glue_hf(
     task: GlueTask | str,
     split: str = "dev",
     *,
     data_files: str | Path | Sequence[str | Path] | None = None,
-    hub_name: str = "nyu-mll/glue",
+    hub_name: str = HUB_NAME,
 ) -> GlueSplit:
     """Read a split with Hugging Face ``datasets``.
 
     With ``data_files`` (parquet, json/jsonl or csv files with the ``nyu-mll/glue`` columns),
     the files are read locally; without, ``hub_name`` (configuration ``task.name``) is loaded
-    from the hub, which needs the network. ``split`` uses glue_data names (``dev``,
-    ``dev_matched``, ...); HF's names (``validation``, ...) work too.
+    with ``datasets.load_dataset``: from the Hub, or from the datasets cache when offline
+    (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) or when the Hub cannot be reached. ``split`` uses
+    glue_data names (``dev``, ``dev_matched``, ...); HF's names (``validation``, ...) work too.
+    Both give the same ``GlueSplit`` (``_glue_split`` maps the columns and labels).
     """
     datasets = optional_import("datasets", "loading GLUE through Hugging Face datasets")
     task = get_task(task) if isinstance(task, str) else task
     hf_split = HF_SPLITS.get(split, split)
     if data_files is None:
-        try:
-            ds = datasets.load_dataset(hub_name, task.name, split=hf_split)
-        except Exception as e:  # the hub raises many types (connection, missing config, ...)
-            raise GlueDataError(
-                f"cannot load {hub_name}/{task.name} split {hf_split} from the hub: {e}"
-            ) from e
+        loaded = _hub_dataset(hub_name, task)
+        if hf_split not in loaded:
+            raise GlueDataError(f"{hub_name} configuration {task.name} has no split {hf_split!r} (has "
+                                f"{', '.join(loaded)})")  # fmt: skip
+        ds = loaded[hf_split]
         source = f"{hub_name}/{task.name}:{hf_split}"
     else:
         files = [Path(data_files)] if isinstance(data_files, str | Path) else [Path(f) for f in data_files]
@@ -304,11 +376,21 @@ def load_glue_hf(
             ds = datasets.load_dataset(builders.pop(), data_files=[str(f) for f in files], split="train")
         except Exception as e:  # pyarrow/json errors come in many types; name the file
             raise GlueDataError(f"{source}: cannot be read as {task.display} data: {e}") from e
+    return _glue_split(task, split, ds, source)
+
+
+def _glue_split(task: GlueTask, split: str, ds, source: str) -> GlueSplit:
+    """A ``datasets.Dataset`` with the ``nyu-mll/glue`` columns as a ``GlueSplit``, checked."""
     wanted = [*task.hf_text_columns, "label"]
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         raise GlueDataError(f"{source}: missing column(s) {', '.join(map(repr, missing))} (has "
                             f"{ds.column_names}); {task.display} needs {', '.join(map(repr, wanted))}")  # fmt: skip
+    names = getattr(ds.features["label"], "names", None)  # a ClassLabel (nyu-mll/glue's files have one)
+    if names is not None and not task.is_regression and list(names) != list(task.labels):
+        # Ids are mapped by position: another order would silently swap the classes.
+        raise GlueDataError(f"{source}: label names {list(names)}; {task.display} expects "
+                            f"{list(task.labels)} in that order")  # fmt: skip
     raw_labels = ds["label"]
     labels: list = []
     for row, value in enumerate(raw_labels):
@@ -354,14 +436,22 @@ def split_candidates(task: GlueTask, split: str, directory: Path) -> list[Path |
 
 def find_split(
     task: GlueTask | str, split: str, directories: Sequence[str | Path]
-) -> Path | list[Path] | None:
-    """The first file (or list of HF shard files) holding ``split`` of ``task`` in
-    ``directories`` (searched in order), or None when there is none."""
+) -> Path | list[Path] | HubSplit | None:
+    """The first file (or list of HF shard files, or ``HubSplit`` of the hub dataset) holding
+    ``split`` of ``task`` in ``directories`` (searched in order), or None when there is none.
+    A hub source (``nyu-mll/glue`` or ``glue``) is loaded here, so a task that is not in the
+    cache offline fails now, before any training."""
     task = get_task(task) if isinstance(task, str) else task
     for d in directories:
+        hub = hub_source(d)
+        if hub is not None:
+            if HF_SPLITS.get(split, split) in _hub_dataset(hub, task):
+                return HubSplit(hub, task.name, split)
+            continue
         d = Path(d)
         if not d.is_dir():
-            raise GlueDataError(f"GLUE directory {d} does not exist or is not a directory")
+            raise GlueDataError(f"GLUE directory {d} does not exist or is not a directory (to load GLUE "
+                                f"through Hugging Face datasets, pass {HUB_NAME})")  # fmt: skip
         for c in split_candidates(task, split, d):
             if isinstance(c, list) or c.is_file():
                 return c
@@ -373,12 +463,19 @@ def load_split(task: GlueTask | str, split: str, directories: Sequence[str | Pat
     task = get_task(task) if isinstance(task, str) else task
     found = find_split(task, split, directories)
     if found is None:
-        looked = [str(c) for d in directories for c in split_candidates(task, split, Path(d))]
+        looked = []
+        for d in directories:
+            if hub_source(d) is not None:
+                looked.append(f"{d} (no {HF_SPLITS.get(split, split)} split)")
+            else:
+                looked += [str(c) for c in split_candidates(task, split, Path(d))]
         raise GlueDataError(
             f"no {task.display} {split} split in {', '.join(map(str, directories))}; expected "
             f"{task.display}/{split}.tsv (glue_data layout) or {task.name}/{HF_SPLITS.get(split, split)}-*.parquet "
             f"(Hugging Face layout); looked for: {', '.join(looked)}"
         )
+    if isinstance(found, HubSplit):
+        return load_glue_hf(task, split, hub_name=found.name)
     if isinstance(found, list):
         return load_glue_hf(task, split, data_files=found)
     return load_glue_tsv(task, found, split)
@@ -455,16 +552,19 @@ def eval_columns(tasks: Sequence[GlueTask] | None = None) -> list[EvalColumn]:
 
 
 __all__ = [
+    "HUB_NAME",
     "TASKS",
     "EvalColumn",
     "GlueDataError",
     "GlueSplit",
     "GlueTask",
+    "HubSplit",
     "check_glue_dir",
     "compute_metrics",
     "eval_columns",
     "find_split",
     "get_task",
+    "hub_source",
     "load_glue_hf",
     "load_glue_tsv",
     "load_split",

@@ -32,10 +32,10 @@ class ModelResult:
     glue_average_covers: list[str] = field(default_factory=list)
     cpu_tokens_per_s: float | None = None  # median of interleaved rounds (study.measure_speeds)
     gpu_tokens_per_s: float | None = None
-    cpu_tokens_per_s_range: list[float] | None = None  # [slowest, fastest] round
-    gpu_tokens_per_s_range: list[float] | None = None
     curve: list[dict[str, float]] = field(default_factory=list)  # rows with elapsed_s, tokens, loss
     fff_usage: list[list[float]] | None = None  # per layer: fraction of leaves ever reached, etc.
+    cpu_tokens_per_s_range: list[float] | None = None  # [slowest, fastest] interleaved round
+    gpu_tokens_per_s_range: list[float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelResult:

@@ -1,8 +1,8 @@
 """GLUE fine-tuning and evaluation: protocols, seeds, medians, resumable runs.
 
-Size (~680 lines): data (tokenising, length-grouped batches), the checks before any training,
-one run (train, evaluate, resume) and the multi-checkpoint GLUE table belong to one workflow;
-the settings are in ``finetune_settings.py`` and the step in ``engine.py``.
+Size (~830 lines): data (tokenising, length-grouped batches), the checks before any training,
+one run (train, evaluate, resume, its progress display) and the multi-checkpoint GLUE table
+belong to one workflow; the settings are in ``finetune_settings.py`` and the step in ``engine.py``.
 
 ``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
 sets and writes ``results.json`` and ``results.md`` (the papers' table layout). The default
@@ -13,7 +13,9 @@ warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler o
 lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
 decay with 10% warmup, weight decay 0.01, pooler as wide as the model.
 
-Each (checkpoint, task, seed) run lives in its own directory. Its training state (the
+Each (checkpoint, task, seed) run shows its progress (``ultracram.progress``: a bar on a terminal,
+a plain line every 30 s in a log): steps, epoch, loss, examples/s and time left while training,
+examples while evaluating. Each run lives in its own directory. Its training state (the
 engine's one layout: model, optimizer, progress, RNG) is saved atomically every
 ``checkpoint_every`` steps; a rerun resumes from it and skips runs whose ``result.json``
 exists. Batches depend only on (seed, epoch), so a resumed run sees exactly the batches the
@@ -35,6 +37,7 @@ import math
 import shutil
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ultracram.checkpoint import load_checkpoint, load_checkpoint_tokenizer, read_checkpoint_config
+from ultracram.checkpoint import (
+    CONFIG_NAME,
+    load_checkpoint,
+    load_checkpoint_tokenizer,
+    read_checkpoint_config,
+)
 from ultracram.data.glue import (
     HF_SPLITS,
     TASKS,
@@ -58,6 +66,7 @@ from ultracram.data.glue import (
 from ultracram.errors import RunMismatchError
 from ultracram.fileio import atomic_write_text, check_same_run, sha256_tensors
 from ultracram.model import for_inference
+from ultracram.progress import ProgressDisplay, hms
 from ultracram.train import engine
 from ultracram.train.engine import (
     precision_name,
@@ -193,6 +202,64 @@ class _Interrupted(Exception):
 
 
 # --------------------------------------------------------------------------------------------
+# Progress of one run (``ultracram.progress``: a bar on a terminal, a plain line every 30 s in a log)
+# --------------------------------------------------------------------------------------------
+
+
+class _TrainProgress:
+    """Steps, epoch, loss (mean of the last 50 steps), examples/s and time left of one run's
+    training. Rates and time left are measured over the steps of this call: a resumed run
+    does not start at step 0, so the display's own estimate (from 0) would be wrong."""
+
+    def __init__(self, label: str, total: int, steps_per_epoch: int, epochs: float, start_step: int,
+                 enabled: bool):  # fmt: skip
+        self.display = ProgressDisplay(label, total, enabled=enabled, eta=False)
+        self.total, self.steps_per_epoch, self.epochs = total, steps_per_epoch, max(1, math.ceil(epochs))
+        self.start_step, self.start, self.examples = start_step, time.perf_counter(), 0
+        self.losses: deque[float] = deque(maxlen=50)
+
+    def update(self, step: int, examples: int, loss: float) -> None:
+        if not self.display.enabled:
+            return
+        self.examples += examples
+        self.losses.append(loss)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        left = elapsed / max(step - self.start_step, 1) * (self.total - step)
+        epoch = min((step - 1) // self.steps_per_epoch + 1, self.epochs)
+        info = (f"train step {step}/{self.total} epoch {epoch}/{self.epochs} "
+                f"loss {sum(self.losses) / len(self.losses):.4f} {self.examples / elapsed:,.1f} ex/s  "
+                f"{hms(left)} left")  # fmt: skip
+        self.display.update(step, info)
+
+    def close(self) -> None:
+        self.display.close()
+
+
+class _EvalProgress:
+    """Examples predicted on the dev splits of one run, and examples/s."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.display = ProgressDisplay(label, total, enabled=enabled)
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def hook(self, split: str) -> Callable[[int], None]:
+        """The ``on_batch`` callback of ``predict`` for ``split``."""
+
+        def on_batch(n: int) -> None:
+            if not self.display.enabled:
+                return
+            self.done += n
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            info = f"eval {split} {self.done}/{self.total} examples {rate:,.1f} ex/s"
+            self.display.update(self.done, info)
+
+        return on_batch
+
+    def close(self) -> None:
+        self.display.close()
+
+
+# --------------------------------------------------------------------------------------------
 # One run: a checkpoint, a task, a seed
 # --------------------------------------------------------------------------------------------
 
@@ -213,6 +280,8 @@ def finetune_run(
     fabric=None,
     fff: str = "auto",
     stop_after_steps: int | None = None,
+    progress: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on ``train`` with ``seed`` and evaluate on ``devs``.
 
@@ -222,6 +291,9 @@ def finetune_run(
     one for all runs); without it, one for ``device`` with the automatic precision. ``fff``: the
     FFF implementation to train with (``auto``: the fastest trainable one). ``stop_after_steps``
     (tests) stops the run after that many optimizer steps in this call, as a kill would.
+    ``progress``: show the training (step, epoch, loss, examples/s, time left) and the evaluation
+    on rank zero (a bar on a terminal, a plain line every 30 s otherwise), named ``label``
+    (default: the task and seed).
 
     A run is identified (``run_dir/run.json``) by the checkpoint's weights (the sha256 that its
     config.json records and ``load_checkpoint`` verifies), the task, the seed, the settings and
@@ -238,6 +310,7 @@ def finetune_run(
         fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
     run_dir = Path(run_dir)
     task = train.task
+    check_not_run_dir(checkpoint)
     ident = run_identity(checkpoint, train, devs, settings, seed)
     if fabric.global_rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,34 +353,49 @@ def finetune_run(
     epoch_batches: tuple[int, list[list[int]]] = (-1, [])
     done_here = 0
     rank, world = fabric.global_rank, fabric.world_size
-    while step < total:
-        epoch = step // steps_per_epoch
-        if epoch_batches[0] != epoch:
-            epoch_batches = (epoch, batch_order(lengths, s.batch_size, seed, epoch, s.length_grouping))
-        # One micro batch per step; with several ranks each takes every world-th example.
-        mine = epoch_batches[1][step % steps_per_epoch][rank::world]
-        batch = {k: fabric.to_device(v) for k, v in collate(train_enc, mine, pad_id).items()}
-        if not use_types:
-            del batch["token_type_ids"]
-        result = engine.train_step(fabric, model, optimizer, [batch], grad_clip=s.grad_clip,
-                            lr=s.lr * lr_factor(step, total, s))  # fmt: skip
-        if not result.finite:
-            raise FinetuneError(f"{task.display} seed {seed}: non-finite loss or gradient at step {step} "
-                                f"(loss {result.loss:.4g}); lower the lr (now {s.lr}) or set grad_clip")  # fmt: skip
-        step += 1
-        done_here += 1
-        if step % s.checkpoint_every == 0 or step == total:
-            save_state(fabric, state_dir, step, model, optimizer, {"step": step}, config=ident, keep_last=1)
-        if stop_after_steps is not None and done_here >= stop_after_steps and step < total:
-            raise _Interrupted(f"stopped after {done_here} steps at step {step}")
+    show = progress and rank == 0
+    name = label or f"{task.display} seed {seed}"
+    bar = _TrainProgress(name, total, steps_per_epoch, s.epochs, step, enabled=show and step < total)
+    try:  # the bar is closed on every exit (a live terminal bar must not outlive the run)
+        while step < total:
+            epoch = step // steps_per_epoch
+            if epoch_batches[0] != epoch:
+                epoch_batches = (epoch, batch_order(lengths, s.batch_size, seed, epoch, s.length_grouping))
+            # One micro batch per step; with several ranks each takes every world-th example.
+            step_ids = epoch_batches[1][step % steps_per_epoch]
+            batch = {
+                k: fabric.to_device(v) for k, v in collate(train_enc, step_ids[rank::world], pad_id).items()
+            }
+            if not use_types:
+                del batch["token_type_ids"]
+            result = engine.train_step(fabric, model, optimizer, [batch], grad_clip=s.grad_clip,
+                                lr=s.lr * lr_factor(step, total, s))  # fmt: skip
+            if not result.finite:
+                raise FinetuneError(f"{task.display} seed {seed}: non-finite loss or gradient at step {step} "
+                                    f"(loss {result.loss:.4g}); lower the lr (now {s.lr}) or set grad_clip")  # fmt: skip
+            step += 1
+            done_here += 1
+            bar.update(step, len(step_ids), result.loss)
+            if step % s.checkpoint_every == 0 or step == total:
+                save_state(
+                    fabric, state_dir, step, model, optimizer, {"step": step}, config=ident, keep_last=1
+                )
+            if stop_after_steps is not None and done_here >= stop_after_steps and step < total:
+                raise _Interrupted(f"stopped after {done_here} steps at step {step}")
+    finally:
+        bar.close()
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     net = for_inference(raw_module(model))  # eval mode, FFF layers on the inference kernels
     digest = sha256_tensors(net.state_dict())  # equal digests = equal weights
-    with fabric.autocast():
-        scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
-                                    pad_id) for d in devs}  # fmt: skip
+    eval_bar = _EvalProgress(name, sum(len(d) for d in devs), enabled=show)
+    try:
+        with fabric.autocast():
+            scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
+                                        pad_id, on_batch=eval_bar.hook(d.split)) for d in devs}  # fmt: skip
+    finally:
+        eval_bar.close()
     result = {"checkpoint": str(Path(checkpoint).resolve()), **ident, "metrics": scores, "steps": total,
               "resumed_from_step": resumed_from, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
               "weights_sha256": digest, "precision": precision_name(fabric), "devices": world}  # fmt: skip
@@ -371,10 +459,17 @@ def check_run_dir(run_dir: Path, ident: dict[str, Any], checkpoint: str | Path) 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, data: EncodedSplit, batch_size: int, device: torch.device, use_types: bool, pad_id: int
+    model: nn.Module,
+    data: EncodedSplit,
+    batch_size: int,
+    device: torch.device,
+    use_types: bool,
+    pad_id: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Class ids (N,) or regression scores (N,), in the split's order. Batches are sorted by
-    length so that dynamic padding wastes little."""
+    length so that dynamic padding wastes little. ``on_batch(n)`` after each batch of n
+    examples (progress)."""
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     out = torch.empty(len(data), dtype=data.labels.dtype)
     for start in range(0, len(order), batch_size):
@@ -383,20 +478,45 @@ def predict(
         logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"] if use_types else None).logits
         logits = logits.float().cpu()
         out[idx] = logits if logits.ndim == 1 else logits.argmax(-1)
+        if on_batch is not None:
+            on_batch(len(idx))
     return out
 
 
 def evaluate(model, split: GlueSplit, tokenizer, max_length: int, batch_size: int, device, use_types: bool,
-             pad_id: int) -> dict[str, float]:  # fmt: skip
-    """The task's metrics of ``model`` on ``split``."""
+             pad_id: int, on_batch: Callable[[int], None] | None = None) -> dict[str, float]:  # fmt: skip
+    """The task's metrics of ``model`` on ``split`` (``on_batch``: as in ``predict``)."""
     enc = encode_split(split, tokenizer, max_length)
-    preds = predict(model, enc, batch_size, torch.device(device), use_types, pad_id)
+    preds = predict(model, enc, batch_size, torch.device(device), use_types, pad_id, on_batch)
     return compute_metrics(split.task, preds.tolist(), enc.labels.tolist())
 
 
 # --------------------------------------------------------------------------------------------
 # Everything: checkpoints x tasks x seeds -> results.json + results.md
 # --------------------------------------------------------------------------------------------
+
+
+def check_not_run_dir(checkpoint: str | Path) -> None:
+    """Refuse a pretraining run directory given as the checkpoint, pointing at its ``final/``.
+
+    ``ultracram pretrain --out runs/crammed`` writes the model to ``runs/crammed/final``; passing
+    ``runs/crammed`` is the natural mistake, and "has no config.json" alone does not say what to
+    pass instead. A run directory is recognised by what pretraining writes there: ``final/``
+    with a config.json, ``states/`` or ``metrics.csv``."""
+    c = Path(checkpoint)
+    if not c.is_dir() or (c / CONFIG_NAME).is_file():
+        return
+    final = c / "final"
+    if (final / CONFIG_NAME).is_file():
+        diverged = (f" (note: {c / 'diverged.txt'} says that the run diverged)"
+                    if (c / "diverged.txt").is_file() else "")  # fmt: skip
+        raise FinetuneError(f"checkpoint {c} is a pretraining run directory; use {final} (its final checkpoint)"
+                            f"{diverged}")  # fmt: skip
+    if (c / "states").is_dir() or (c / "metrics.csv").is_file():
+        raise FinetuneError(
+            f"checkpoint {c} is a pretraining run directory; use {final} (its final checkpoint), which "
+            "pretraining has not written yet: let the run finish (ultracram pretrain --resume)"
+        )
 
 
 def split_checkpoint_arg(arg: str | Path) -> tuple[str | None, Path]:
@@ -471,6 +591,7 @@ def run_glue(
     fff: str = "auto",
     include_wnli: bool = False,
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune and evaluate every checkpoint on every task with ``seeds`` seeds; write
     ``out_dir/results.json`` and ``out_dir/results.md``. Reruns skip finished runs and resume
@@ -478,7 +599,10 @@ def run_glue(
 
     ``device`` (``cpu``, ``cuda``, ``cuda:1``; default: CUDA if there is one), ``devices`` (ranks
     that share each step's batch; DDP), ``precision`` (``auto`` or a Fabric precision) and
-    ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``)."""
+    ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``).
+    ``glue_dirs``: directories, or ``nyu-mll/glue`` (``glue``) to load through Hugging Face
+    ``datasets`` (``ultracram.data.glue.load_split``). ``progress``: each run's training and
+    evaluation progress on standard output (``finetune_run``)."""
     if not checkpoints:
         raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -488,10 +612,18 @@ def run_glue(
     if not glue_dirs:
         raise FinetuneError("no GLUE directory given; pass --glue_dir DIR")
     chosen = parse_tasks(tasks)  # the settings first: they need no file
+    if isinstance(task_overrides, dict):
+        # The generated CLI turns "-" into "_" in flag names (--per_task.sst-2.epochs arrives as
+        # "sst_2"); no task name has "_", so it is dropped like the "-" that resolve_settings drops.
+        task_overrides = {
+            (str(k).replace("_", "") if str(k).replace("_", "").lower().replace("-", "") in TASKS else k): v
+            for k, v in task_overrides.items()
+        }
     settings = resolve_settings(chosen, protocol, overrides, task_overrides)
     labels = checkpoint_labels(checkpoints)
     checkpoints = [split_checkpoint_arg(c)[1] for c in checkpoints]
     for c in checkpoints:  # fail early on a bad checkpoint, before any training
+        check_not_run_dir(c)
         read_checkpoint_config(c)
         if not (Path(c) / "tokenizer.json").is_file():
             raise FinetuneError(f"checkpoint {c} has no tokenizer.json; GLUE needs the pretraining tokenizer")
@@ -572,13 +704,17 @@ def run_glue(
                                "devices": fabric.world_size, "precision": precision_name(fabric),
                                "settings": {k: settings_dict(v) for k, v in settings.items()},
                                "glue_dirs": [str(d) for d in glue_dirs], "notes": notes, "checkpoints": []}  # fmt: skip
+    n_runs, run_number = len(checkpoints) * len(data) * seeds, 0
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
         for name, (train, devs) in data.items():
             per_seed = []
             for seed in range(seeds):
                 run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
-                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, fabric=fabric, fff=fff)
+                run_number += 1
+                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, fabric=fabric, fff=fff,
+                                 progress=progress and fabric.global_rank == 0,
+                                 label=f"GLUE {run_number}/{n_runs} {label} {TASKS[name].display} seed {seed}")  # fmt: skip
                 per_seed.append(r)
                 scores = ", ".join(
                     f"{sp} {m} {v:.4f}" for sp, ms in r["metrics"].items() for m, v in ms.items()
@@ -672,7 +808,8 @@ def glue_command(
     Args:
         checkpoint: checkpoint directory with tokenizer.json, as [NAME=]DIR; repeat to compare
             several in one table.
-        glue_dir: glue_data directory or HF parquet directory; repeat to search several in order.
+        glue_dir: glue_data directory, HF parquet directory, or nyu-mll/glue (or glue) to load
+            through Hugging Face datasets (its cache when offline); repeat to search several in order.
         tasks: 'all' or a comma list, e.g. cola,sst2.
         out: output directory.
         seeds: seeds per task; the median is reported.
@@ -686,6 +823,10 @@ def glue_command(
         precision: auto (bf16-mixed on CUDA with bf16, 16-mixed on older cards, 32-true on CPU,
             as in pretrain) or a Lightning precision.
     """
-    return run_glue(checkpoint, glue_dir, out, tasks=tasks, seeds=seeds, protocol=protocol, overrides=finetune,
-                    task_overrides=per_task, device=device, devices=devices, precision=precision,
-                    include_wnli=include_wnli)  # fmt: skip
+    try:
+        return run_glue(checkpoint, glue_dir, out, tasks=tasks, seeds=seeds, protocol=protocol, overrides=finetune,
+                        task_overrides=per_task, device=device, devices=devices, precision=precision,
+                        include_wnli=include_wnli)  # fmt: skip
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"finished runs and each unfinished run's newest training state are kept in {out}; "
+                                "the same command resumes them") from None  # fmt: skip
