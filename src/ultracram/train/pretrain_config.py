@@ -34,9 +34,9 @@ class PretrainConfig:
     docstrings feed ``ultracram pretrain --help``; a config file has the same keys."""
 
     preset: str = "crammed-bert"
-    """Model preset (``ultracram models`` lists them)."""
+    """Model preset (ultracram models lists them)."""
     data: str = ""
-    """Directory of token shards made by ``ultracram data prepare``."""
+    """Directory of token shards made by ultracram data prepare (required)."""
     out: str = "out/pretrain"
     """Run directory: states/, metrics.csv, tensorboard/, loss_curve.png, final/."""
     budget: str = "24h"
@@ -45,23 +45,24 @@ class PretrainConfig:
     recipe: Literal["auto", "cramming", "bert"] = "auto"
     """Optimizer / schedule / batch recipe; auto: bert for bert-* presets, cramming otherwise."""
     lr: float | None = None
-    """Peak learning rate (a new one on --resume replaces the lowered rate of the health recoveries)."""
+    """Peak learning rate (cramming 1e-3, bert 1e-4); a new one on --resume replaces the lowered
+    rate of the health recoveries."""
     beta1: float | None = None
-    """AdamW beta1."""
+    """AdamW beta1 (cramming and bert 0.9)."""
     beta2: float | None = None
-    """AdamW beta2."""
+    """AdamW beta2 (cramming 0.98, bert 0.999)."""
     eps: float | None = None
-    """AdamW epsilon."""
+    """AdamW epsilon (cramming 1e-12, bert 1e-6)."""
     weight_decay: float | None = None
-    """AdamW weight decay (never on biases, norms and scalars)."""
+    """AdamW weight decay, never on biases, norms and scalars (cramming and bert 0.01)."""
     grad_clip: float | None = None
-    """Clip the global gradient norm to this (0 disables)."""
+    """Clip the global gradient norm to this, 0 disables (cramming 0.5, bert 1.0)."""
     schedule: Literal["auto", "budget-triangle", "warmup-linear", "constant"] = "auto"
-    """Learning-rate shape over the budget fraction."""
+    """Learning-rate shape over the budget fraction (cramming budget-triangle, bert warmup-linear)."""
     lr_peak_at: float | None = None
     """Budget fraction where the learning rate peaks (triangle 0.75; BERT warmup 0.01)."""
     lr_start: float | None = None
-    """Budget-triangle: learning rate at fraction 0, as a fraction of the peak."""
+    """Budget-triangle: learning rate at fraction 0, as a fraction of the peak (cramming 0.25)."""
     batch_size: int | None = None
     """Target global batch in sequences, reached by accumulation; null: the recipe's (cramming
     8192, BERT 256), scaled down on a time or token budget that would leave fewer than ~200
@@ -69,7 +70,7 @@ class PretrainConfig:
     micro_batch_size: int = 128
     """Sequences per device per forward/backward pass."""
     batch_ramp_until: float | None = None
-    """Budget fraction at which the batch reaches batch_size (0: no ramp)."""
+    """Budget fraction at which the batch reaches batch_size, 0: no ramp (cramming 0.6, bert 0)."""
     mask_rate: float | None = None
     """MLM masking rate (default: the preset's, 25% crammed / 15% BERT)."""
     seed: int = 0
