@@ -183,6 +183,22 @@ ROWS: dict[str, Row] = {
     "prep-workers-negative": lambda t, a: (_prep(t, a, "--workers", "-1"), ["--workers", "-1"]),
     "prep-shard-sequences-zero": lambda t, a: (_prep(t, a, "--shard_sequences", "0"), ["--shard_sequences"]),
     "prep-seq-len-2": lambda t, a: (_prep(t, a, "--seq_len", "2"), ["seq_len", "2"]),
+    "prep-validation-fraction-negative": lambda t, a: (
+        _prep(t, a, "--validation_fraction", "-0.1"),
+        ["--validation_fraction must be in [0, 0.5)", "-0.1"],
+    ),
+    "prep-validation-fraction-half": lambda t, a: (
+        _prep(t, a, "--validation_fraction", "0.5"),
+        ["--validation_fraction must be in [0, 0.5)", "0.5"],
+    ),
+    "prep-validation-fraction-nan": lambda t, a: (
+        _prep(t, a, "--validation_fraction", "nan"),
+        ["--validation_fraction", "nan"],  # the parser's own refusal; prepare_corpus refuses NaN too
+    ),
+    "prep-validation-fraction-not-a-number": lambda t, a: (
+        _prep(t, a, "--validation_fraction", "ten"),
+        ["validation_fraction", "ten"],
+    ),
     "prep-out-is-a-file": lambda t, a: (_prep(t, a, out=_file(t / "o.bin")), ["--out", "o.bin"]),
     "prep-out-parent-is-a-file": lambda t, a: (
         _prep(t, a, out=_file(t / "f") / "sub"),

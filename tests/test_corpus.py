@@ -1,10 +1,12 @@
 """Pretraining data: prepare_corpus and TokenShards on a slice of the shared Wikipedia text.
 
-The packed output is checked against an independent re-implementation of the format (encode each
-document, filter, join with [SEP], cut [CLS] ... [SEP] rows) written here in plain Python.
+The packed output is checked against an independent re-implementation of the format (hold out
+validation documents by the documented hash rule, encode each document, filter, join with [SEP],
+cut [CLS] ... [SEP] rows) written here in plain Python.
 """
 
 import gzip
+import hashlib
 import json
 import lzma
 from pathlib import Path
@@ -47,10 +49,22 @@ def wiki(shared_data, tmp_path_factory):
     return {"dir": d, "path": path, "text": text, "docs": docs, "tok": tok, "tok_path": d / "tokenizer.json"}
 
 
-def reference_rows(tok, docs, seq_len, ratio=None, sort=False):
-    """Independent packer: the rows prepare_corpus must produce. The default ratio is the
-    documented rule: 0.25 tokens per character for vocabularies of 32768 and more, else 0.5."""
+def held_out(doc: str, fraction: float) -> bool:
+    """The documented validation rule: blake2b-64 (little-endian) of the document's UTF-8 text,
+    below fraction x 2^64."""
+    return (
+        int.from_bytes(hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest(), "little")
+        < fraction * 2**64
+    )
+
+
+def reference_rows(tok, docs, seq_len, ratio=None, sort=False, validation_fraction=0.005, split="train"):
+    """Independent packer: the rows (n, seq_len) of ``split`` prepare_corpus must produce, and
+    how many of that split's documents the ratio filter drops. The default ratio is the
+    documented rule: 0.25 tokens per character for vocabularies of 32768 and more, else 0.5.
+    ``validation_fraction`` defaults to prepare_corpus's."""
     ratio = ratio if ratio is not None else (0.25 if tok.get_vocab_size() >= 32768 else 0.5)
+    docs = [d for d in docs if held_out(d, validation_fraction) == (split == "validation")]
     kept = []
     for d in docs:
         ids = tok.encode(d, add_special_tokens=False).ids
@@ -79,13 +93,20 @@ def test_blank_line_documents(wiki):
 
 
 def test_prepare_matches_reference_packer(wiki, tmp_path):
+    # 0.2: 4 of the slice's 20 documents are held out (0.005, the default, holds out none of them).
     m = prepare_corpus([wiki["path"]], tmp_path / "out", wiki["tok_path"], SEQ, workers=0, shard_sequences=500,
-                       batch_docs=4, max_token_ratio=0.25)  # fmt: skip
-    ref, dropped = reference_rows(wiki["tok"], wiki["docs"], SEQ, ratio=0.25)
+                       batch_docs=4, max_token_ratio=0.25, validation_fraction=0.2)  # fmt: skip
+    ref, dropped = reference_rows(wiki["tok"], wiki["docs"], SEQ, ratio=0.25, validation_fraction=0.2)
     rows = all_rows(tmp_path / "out")
     np.testing.assert_array_equal(rows, ref)
+    val_ref, val_dropped = reference_rows(wiki["tok"], wiki["docs"], SEQ, ratio=0.25, validation_fraction=0.2,
+                                          split="validation")  # fmt: skip
+    val = TokenShards(tmp_path / "out", split="validation")
+    np.testing.assert_array_equal(val.get_rows(np.arange(len(val))), val_ref)
     c = m["counts"]
     assert c["documents"] == len(wiki["docs"])
+    assert c["validation_documents"] == sum(held_out(d, 0.2) for d in wiki["docs"]) == 4
+    assert (c["validation_sequences"], c["validation_documents_dropped_ratio"]) == (len(val_ref), val_dropped)
     assert c["documents_dropped_ratio"] == dropped > 0  # the filter does something on this slice
     assert c["sequences"] == len(ref) == sum(s["sequences"] for s in m["shards"])
     assert len(m["shards"]) >= 2
@@ -95,8 +116,11 @@ def test_prepare_matches_reference_packer(wiki, tmp_path):
     assert shards.tokenizer_path.read_bytes() == wiki["tok_path"].read_bytes()
     assert m["tokenizer_sha256"] == file_sha256(wiki["tok_path"])
     assert m["sources"][0]["sha256"] == file_sha256(wiki["path"])
-    for s in m["shards"]:
+    for s in m["shards"] + m["validation"]:
         assert file_sha256(tmp_path / "out" / s["file"]) == s["sha256"]
+    assert [(s["file"], s["sequences"]) for s in m["validation"]] == [  # 500 rows per shard, as training
+        (f"val_{i // 500:05d}.bin", min(500, len(val_ref) - i)) for i in range(0, len(val_ref), 500)
+    ]
     assert shards[3].dtype == np.uint16 and shards[3].shape == (SEQ,)
     np.testing.assert_array_equal(shards[-1], ref[-1])
     idx = np.array([len(ref) - 1, 0, 600, 7])
@@ -230,7 +254,9 @@ def test_cli_prepare(wiki, tmp_path, capsys):
     assert rc == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"] and manifest["dedup"]
+    assert manifest["validation_fraction"] == 0.005  # the default, recorded with the other settings
     assert len(TokenShards(tmp_path)) == manifest["counts"]["sequences"] > 0
+    assert "validation: 0 sequences from 0 held-out documents" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ultracram.config import IGNORE_INDEX
 from ultracram.data.mlm import mask_tokens
-from ultracram.doctor.checks import FAIL, PASS, DoctorOptions, run_checks, run_preflight
+from ultracram.doctor.checks import FAIL, PASS, WARN, DoctorOptions, run_checks, run_preflight
 from ultracram.doctor.setup import DoctorSettings, default_setup, standard_mask_fn
 
 
@@ -139,3 +139,53 @@ def test_cli_doctor_only_and_unknown_check(tmp_path, capsys):
     assert [r["name"] for r in report["results"]] == ["vocab", "loss_function"]
     assert main(["doctor", "--only", "vocabulary", "--out", str(tmp_path)]) == 1
     assert "unknown check(s) vocabulary (did you mean 'vocab'?)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared data: the overlap and data checks read the validation split `data prepare` held out
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """2000 paragraphs of the embedded sample prepared twice: with a validation split (10% of the
+    documents) and without one (--validation_fraction 0)."""
+    from ultracram.data.corpus import prepare_corpus
+    from ultracram.data.sample import read_sample_paragraphs
+    from ultracram.data.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("doctor-data")
+    docs = read_sample_paragraphs()[:2000]
+    (d / "text.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    train_tokenizer(docs, vocab_size=2048).save(str(d / "tokenizer.json"))
+    for name, fraction in (("split", 0.1), ("none", 0.0)):
+        prepare_corpus(
+            [d / "text.txt"], d / name, d / "tokenizer.json", 64, workers=0, validation_fraction=fraction
+        )
+    return d
+
+
+def test_overlap_passes_on_a_fresh_prepare(prepared):
+    from ultracram.data.corpus import TokenShards
+
+    setup = default_setup("crammed-bert-tiny", data=str(prepared / "split"), seq_len=64, batch_size=8)
+    valid = setup.data_sample_fn("validation")
+    assert len(valid) == len(TokenShards(prepared / "split", split="validation")) > 0
+    assert "validation" in setup.description
+    overlap, data = _only(setup, "overlap"), _only(setup, "data")
+    assert overlap.status == PASS, overlap.reason
+    assert overlap.details["validation_rows"] == len(valid)
+    # Documents are held out whole: no validation sequence is a training sequence.
+    train = {tuple(r) for r in setup.data_sample_fn("train")}
+    assert not train & {tuple(r) for r in valid}
+    assert data.status == PASS and f"{len(valid)} validation sequences, none empty" in data.reason, (
+        data.reason
+    )
+
+
+def test_overlap_without_a_validation_split_says_how_to_get_one(prepared):
+    setup = default_setup("crammed-bert-tiny", data=str(prepared / "none"), seq_len=64, batch_size=8)
+    overlap, data = _only(setup, "overlap"), _only(setup, "data")
+    assert overlap.status == WARN and overlap.reason == "no validation split found"
+    assert "--validation_fraction" in overlap.fix
+    assert data.status == PASS and "validation" not in data.reason, data.reason

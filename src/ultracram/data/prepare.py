@@ -43,6 +43,10 @@ class PrepareSettings:
     max_token_ratio: float | None = None
     """Drop documents with more tokens than this x characters; null: 0.25 for vocabularies of
     32768 and more, 0.5 below (see docs/data.md)."""
+    validation_fraction: float = 0.005
+    """Hold out this fraction of documents as the validation split (val_*.bin), chosen by a hash
+    of each document's text, so the same documents whatever the workers, order or resume; 0:
+    none. In [0, 0.5)."""
     workers: int | None = None
     """Tokenising processes; null: all cores; 0: in-process with the tokenizer's threads."""
     shard_sequences: int = 65536
@@ -65,7 +69,8 @@ def prepare_command(settings: PrepareSettings) -> dict:
     Stream text files/directories and/or a Hugging Face dataset's text column, drop documents
     with too many tokens per character (cramming's filter), optionally de-duplicate and order by
     length, and pack [CLS] ... [SEP] sequences into memory-mapped shards. A killed run resumes
-    after its last complete shard when rerun with the same arguments.
+    after its last complete shard when rerun with the same arguments. Whole documents (a
+    --validation_fraction of them, by a hash of their text) are held out as the validation split.
 
     Args:
         settings: what to prepare (its fields are this command's flags).
@@ -84,7 +89,8 @@ def prepare_command(settings: PrepareSettings) -> dict:
                                         max_documents=s.hf_max_documents))  # fmt: skip
     try:
         m = prepare_corpus(inputs, s.out, s.tokenizer, s.seq_len, dedup=s.dedup, sort_by_length=s.sort_by_length,
-                           sort_buffer=s.sort_buffer, max_token_ratio=s.max_token_ratio, workers=s.workers,
+                           sort_buffer=s.sort_buffer, max_token_ratio=s.max_token_ratio,
+                           validation_fraction=s.validation_fraction, workers=s.workers,
                            shard_sequences=s.shard_sequences, resume=not s.restart, show_progress=True,
                            overwrite=s.overwrite)  # fmt: skip
     except KeyboardInterrupt:
@@ -94,5 +100,6 @@ def prepare_command(settings: PrepareSettings) -> dict:
     print(f"{s.out}: {c['sequences']:,} sequences x {m['seq_len']} in {len(m['shards'])} shard(s); "
           f"{c['documents']:,} documents, {c['documents_dropped_ratio']:,} dropped by the ratio filter "
           f"(> {m['max_token_ratio']} tokens per character), "
-          f"{c['documents_dropped_duplicate']:,} duplicates")  # fmt: skip
+          f"{c['documents_dropped_duplicate']:,} duplicates; validation: {c['validation_sequences']:,} sequences "
+          f"from {c['validation_documents']:,} held-out documents")  # fmt: skip
     return m

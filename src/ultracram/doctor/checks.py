@@ -144,12 +144,28 @@ def check_data(setup: TrainingSetup, opts: DoctorOptions) -> CheckResult:
         return _result("data", FAIL, f"degenerate token distribution: unigram entropy {entropy:.2f} nats, "
                        f"token {top_id} is {top_count / total:.0%} of tokens", "check tokenization and "
                        "deduplication; natural text has entropy > 5 nats", **d)  # fmt: skip
+    # The validation sample (the prepared validation split when the data has one): rows
+    # (lists of ids, [CLS]/[SEP] ends removed) must hold text and ids the model can embed.
+    valid = setup.data_sample_fn("validation") if setup.data_sample_fn is not None else []
+    valid_note = ""
+    if valid:
+        v_empty = sum(1 for r in valid if all(t in tok.special_ids for t in r))
+        v_max = max((max(r) for r in valid if r), default=-1)
+        d.update(validation_rows=len(valid), validation_empty_rows=v_empty, validation_max_token_id=v_max)
+        if v_empty:
+            return _result("data", FAIL, f"{v_empty} of {len(valid)} sampled validation sequences have no tokens "
+                           "besides specials", "drop empty documents when building the shards", **d)  # fmt: skip
+        if v_max >= setup.config.vocab_size:
+            return _result("data", FAIL, f"the validation data holds token id {v_max} >= vocab_size "
+                           f"{setup.config.vocab_size}", "tokenize training and validation text with the same "
+                           "tokenizer (one `ultracram data prepare` holds out its own validation split)", **d)  # fmt: skip
+        valid_note = f"; {len(valid)} validation sequences, none empty"
     if unk > 0.05:
         return _result(
             "data", WARN, f"{unk:.1%} of tokens are [UNK]", "train the tokenizer on this data", **d
         )
     return _result("data", PASS, f"{rows} sequences, none empty; unigram entropy {entropy:.2f} nats, "
-                   f"{len(counts)} distinct tokens, [UNK] {unk:.2%}", **d)  # fmt: skip
+                   f"{len(counts)} distinct tokens, [UNK] {unk:.2%}{valid_note}", **d)  # fmt: skip
 
 
 def check_overlap(setup: TrainingSetup, opts: DoctorOptions, ngram: int = 16) -> CheckResult:
@@ -157,7 +173,9 @@ def check_overlap(setup: TrainingSetup, opts: DoctorOptions, ngram: int = 16) ->
         return _result("overlap", WARN, "no data sample to compare", "give the setup a data_sample_fn")
     train, valid = setup.data_sample_fn("train"), setup.data_sample_fn("validation")
     if not valid:
-        return _result("overlap", WARN, "no validation split found", "hold out validation text")
+        return _result("overlap", WARN, "no validation split found", "prepare the data again with "
+                       "`ultracram data prepare --validation_fraction 0.005` (the default; 0 disables it): it holds "
+                       "out whole documents as the validation split")  # fmt: skip
 
     def shingles(row: list[int]) -> set[tuple[int, ...]]:
         return {tuple(row[i : i + ngram]) for i in range(0, max(len(row) - ngram + 1, 1))}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ultracram.config import IGNORE_INDEX, ModelConfig, get_preset
-from ultracram.data.corpus import TokenShards
+from ultracram.data.corpus import TokenShards, has_validation
 from ultracram.data.mlm import mask_tokens
 from ultracram.data.sample import read_sample_paragraphs
 from ultracram.data.tokenizer import load_tokenizer, train_tokenizer
@@ -330,10 +330,11 @@ def default_setup(
 
 
 def _shard_rows(data: Path, tokenizer: str | Path | None, seq_len: int):
-    """Rows of token ids sampled from token shards (``ultracram.data.corpus.TokenShards``).
-
-    The shards have no held-out split (pretraining validates on fresh masks of the training
-    data); a ``validation/`` shard directory beside them, if present, is used for the overlap check.
+    """Rows of token ids sampled from token shards (``ultracram.data.corpus.TokenShards``):
+    training rows from the training split, validation rows from the validation split
+    ``data prepare`` held out (``val_*.bin``) or, for data without one, from a separately
+    prepared ``validation/`` directory beside the shards; none when neither exists (the overlap
+    check then says so).
     """
     try:
         shards = TokenShards(data)
@@ -344,14 +345,21 @@ def _shard_rows(data: Path, tokenizer: str | Path | None, seq_len: int):
         raise DoctorError(f"--data {data}: no tokenizer at {tok_path}; pass --tokenizer PATH")
     info = _tokenizer_info(load_tokenizer(tok_path))
     valid_dir = data / "validation"
-    valid = TokenShards(valid_dir) if (valid_dir / "manifest.json").is_file() else None
+    try:
+        if has_validation(shards):
+            valid = TokenShards(data, split="validation")
+        else:  # older layout: a validation prepare of its own beside the shards
+            valid = TokenShards(valid_dir) if (valid_dir / "manifest.json").is_file() else None
+    except UltracramError as e:
+        raise DoctorError(f"--data {data}: {e}") from e
     rows = {split: _sample_rows(s, info, seq_len - 2) if s is not None else [] for split, s in
             (("train", shards), ("validation", valid))}  # fmt: skip
+    held_out = f", {len(valid)} validation" if valid is not None else ", no validation split"
     return (
         rows["train"],
         rows["validation"],
         info,
-        f"shards {data} ({len(shards)} sequences)",
+        f"shards {data} ({len(shards)} sequences{held_out})",
         shards.vocab_size,
     )
 

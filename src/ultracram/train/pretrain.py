@@ -48,7 +48,7 @@ from torch import nn
 
 from ultracram.checkpoint import save_checkpoint
 from ultracram.config import ModelConfig, get_preset
-from ultracram.data.corpus import TokenShards
+from ultracram.data.corpus import TokenShards, has_validation
 from ultracram.data.mlm import mlm_batch
 from ultracram.errors import optional_import
 from ultracram.fileio import atomic_write_text
@@ -197,6 +197,8 @@ def preflight(config: PretrainConfig, resume: bool) -> dict[str, Any] | None:
     shards = TokenShards(config.data)
     model_config_for(config, shards)
     check_token_ids(shards)
+    if has_validation(shards):
+        check_token_ids(TokenShards(config.data, split="validation"))
     return previous
 
 
@@ -240,7 +242,7 @@ def check_token_ids(shards: TokenShards, chunk: int = 1 << 24) -> None:
     vocabulary the model is built with (the manifest's ``vocab_size``): an embedding lookup
     would fail (or, on GPU, read garbage) mid-run. One read of each shard, in ``chunk``-token
     pieces that feed both the hash and the largest id."""
-    for entry in shards.manifest["shards"]:
+    for entry in shards.entries:
         n = int(entry["sequences"]) * shards.seq_len
         path = shards.directory / entry["file"]
         item = np.dtype(shards.dtype).itemsize
@@ -612,7 +614,6 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
     generalisation. Without one (older prepares, ``--validation_fraction 0``), the training
     shards with fresh masks (units of a seed training never uses, seed + 10_007): that measures
     the training distribution, not generalisation (GLUE does that)."""
-    from ultracram.data.corpus import has_validation
 
     if config.val_batches <= 0:
         return math.nan
@@ -643,8 +644,6 @@ def validate(fabric, config: PretrainConfig, model, shards, model_config: ModelC
 def validation_source(shards_dir) -> str:
     """What ``validate`` measures on for the data ``shards_dir`` (a prepared directory or its
     ``TokenShards``): "validation split" or "training shards (no validation split)"."""
-    from ultracram.data.corpus import has_validation
-
     return "validation split" if has_validation(shards_dir) else "training shards (no validation split)"
 
 
@@ -664,7 +663,7 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
             "recoveries": progress.recoveries,
             "first_loss": rows[0]["loss"] if rows else math.nan,
             "final_loss": sum(r["loss"] for r in tail) / len(tail) if tail else math.nan,
-            "val_loss": val_loss, "ln_vocab": math.log(model_config.vocab_size),
+            "val_loss": val_loss, "val_source": validation_source(shards), "ln_vocab": math.log(model_config.vocab_size),
             "tokens_per_s": progress.tokens / max(progress.elapsed_s, 1e-9),
             "devices": fabric.world_size, "precision": precision_name(fabric),
             "batch_size": config.batch_size, "micro_batch_size": config.micro_batch_size,
@@ -685,7 +684,8 @@ def _finish(fabric, config, model, model_config, shards, progress: Progress, val
         over = f" ({summary['overrun_s']:+.1f} s over the budget)" if "overrun_s" in summary else ""
         fabric.print(
             f"done: {progress.step} steps, {progress.tokens:,} tokens in {progress.elapsed_s / 60:.2f} min{over}; "
-            f"MLM loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} (val {val_loss:.3f}, "
+            f"MLM loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} (val {val_loss:.3f} on the "
+            f"{summary['val_source']}, "
             f"ln V = {summary['ln_vocab']:.3f}); model: {out / 'final'}"
         )
         if reason:
@@ -745,4 +745,5 @@ __all__ = [
     "pretrain",
     "setup",
     "validate",
+    "validation_source",
 ]
