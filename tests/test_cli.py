@@ -148,6 +148,9 @@ def test_list_flags_repeat_and_split_and_old_forms_still_work(capsys):
     c = _print_config(["pretrain", "--micro-batch-size", "8", "--compile", "--no-progress", "--model",
                        '{"num_layers": 2}'], capsys)  # fmt: skip
     assert (c["micro_batch_size"], c["compile"], c["progress"], c["model"]) == (8, True, False, {"num_layers": 2})
+    c = _print_config(["glue", "--checkpoint", "c", "--glue_dir", "g", "--per_task.rte.epochs", "10",
+                       "--per_task.rte.lr", "1e-5", "--per_task.sst2.lr", "2e-5"], capsys)  # fmt: skip
+    assert c["per_task"] == {"rte": {"epochs": 10, "lr": 1e-5}, "sst2": {"lr": 2e-5}}  # all items kept
     c = _print_config(["doctor", "--set", "num_layers=1", "--set", "lr=1e-3"], capsys)
     assert c["model"] == {"num_layers": 1} and c["lr"] == 1e-3
     c = _print_config(["study", "--models", "bert-tiny", "--budget", "90s", "--batch-size", "recipe"], capsys)
@@ -163,13 +166,13 @@ def test_deprecated_forms_say_what_replaces_them(capsys):
 
 
 def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path, capsys, monkeypatch):
-    from ultracram.errors import DataError
+    from ultracram.errors import UltracramError
 
     args = ["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--budget", "1-steps"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("ultracram pretrain: error: ") and "nope" in err and "Traceback" not in err
-    with pytest.raises(DataError):
+    with pytest.raises(UltracramError, match="no manifest.json"):  # --debug: the exception, with its traceback
         cli.main(["--debug", *args])
 
     def interrupted(json: bool = False) -> None:

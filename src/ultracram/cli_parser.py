@@ -11,6 +11,8 @@ Besides jsonargparse's own syntax the command line accepts, for every command:
 - ``--max-batch`` for ``--max_batch`` (hyphens in flag names);
 - a bare boolean flag (``--compile``) for ``--compile true``, and ``--no-compile`` for
   ``--compile false``;
+- the items of one entry of a dict of dicts add up (``--per_task.rte.epochs 10
+  --per_task.rte.lr 1e-5``: both), where jsonargparse would keep the last;
 - a list flag takes several values (``--input a.txt b.txt``), comma-separated items
   (``--models bert-tiny,fnet-tiny``) or a JSON list, and may be repeated
   (``--checkpoint a --checkpoint b``): the items add up, replacing the default.
@@ -28,6 +30,8 @@ import re
 import typing
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ultracram import cli_compat
 
@@ -107,6 +111,8 @@ def _kind(action: Any) -> str:
         typing.Union, __import__("types").UnionType) else [hint]  # fmt: skip
     if options == [bool]:
         return "bool"
+    if all(typing.get_origin(o) is dict or o is dict for o in options):
+        return "dict"
     if all(typing.get_origin(o) in (list, tuple) for o in options):
         return "list"
     return ""
@@ -118,6 +124,7 @@ def normalise(argv: list[str], parser: Any, command: str) -> list[str]:
     actions = {opt: a for a in parser._actions for opt in a.option_strings}
     out: list[str] = []
     lists: dict[str, list[str]] = {}  # list flag -> its values, given once where it first appeared
+    nested: dict[str, dict[str, Any]] = {}  # --per_task.rte -> the items of --per_task.rte.KEY flags
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -130,6 +137,18 @@ def normalise(argv: list[str], parser: Any, command: str) -> list[str]:
             name = "--" + name[2:].replace("-", "_")
         if name not in actions and name.startswith("--no_") and _kind(actions.get("--" + name[5:])) == "bool":
             out += ["--" + name[5:], "false"]
+            continue
+        head, _, rest = name.partition(".")
+        if name not in actions and _kind(actions.get(head)) == "dict" and "." in rest:
+            # --per_task.rte.epochs 10 --per_task.rte.lr 1e-5: jsonargparse would keep only the
+            # last item of rte, so the items of one entry are given together, as one object.
+            entry, _, key = name.rpartition(".")
+            value = value if eq else (argv[i] if i < len(argv) else "")
+            i += 0 if eq else 1
+            if entry not in nested:
+                nested[entry] = {}
+                out += [entry, entry]  # placeholder for the JSON object
+            nested[entry][key] = yaml.safe_load(value) if value else value
             continue
         kind = _kind(actions.get(name))
         if kind == "bool" and not eq and (i >= len(argv) or argv[i].startswith("--")):
@@ -146,7 +165,7 @@ def normalise(argv: list[str], parser: Any, command: str) -> list[str]:
                 lists[name] += json.loads(v) if v.lstrip().startswith("[") else [x for x in v.split(",") if x]
         else:
             out += [name + eq + value]
-    for name, values in lists.items():
+    for name, values in [*lists.items(), *nested.items()]:
         out[out.index(name) + 1] = json.dumps(values)
     return out
 

@@ -109,6 +109,9 @@ class StudySettings:
             problems.append("models: give at least one preset")
         if self.seeds < 1:
             problems.append(f"seeds: must be >= 1, got {self.seeds}")
+        if self.pretrain.monitor_every:
+            problems.append("pretrain.monitor_every: the doctor's live monitor is not available in a study; "
+                            "run ultracram pretrain --monitor_every N on one model")  # fmt: skip
         if problems:
             raise SettingsError(problems, "study settings")
 
