@@ -224,7 +224,7 @@ def diagnose(metrics: dict[str, list[float]]) -> PostMortem:
         findings.append(Diagnosis("plateau", "info", summary))
     else:
         verdict = "healthy"
-        summary = (f"healthy: loss {initial:.3f} -> {final:.3f} (best {best:.3f}), "
+        summary = (f"loss {initial:.3f} -> {final:.3f} (best {best:.3f}), "
                    f"{'still falling' if late_gain > 0 else 'flattening'} at the end, {len(spikes)} spikes")  # fmt: skip
     stats["finite_rows"] = len(finite)
     return PostMortem(verdict, summary, findings, stats)
