@@ -172,7 +172,7 @@ def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path,
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("ultracram pretrain: error: ") and "nope" in err and "Traceback" not in err
-    with pytest.raises(UltracramError, match="no manifest.json"):  # --debug: the exception, with its traceback
+    with pytest.raises(UltracramError, match=r"no manifest\.json"):  # --debug: the exception, with its traceback
         cli.main(["--debug", *args])
 
     def interrupted(json: bool = False) -> None:
