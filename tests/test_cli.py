@@ -1,6 +1,7 @@
 """The command line: one generated parser per command (jsonargparse over typed signatures and
 settings dataclasses), config files, --print_config, dotted overrides, errors, old forms."""
 
+import importlib
 import inspect
 import json
 import subprocess
@@ -186,3 +187,30 @@ def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path,
     monkeypatch.setattr(cli, "load", lambda target: interrupted)
     assert cli.main(["models"]) == 130
     assert "ultracram models: interrupted: files already written are kept" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "target", "said"),
+    [
+        (["glue", "--checkpoint", "c", "--glue_dir", "g", "--out", "o"], "ultracram.train.finetune.run_glue",
+         "finished runs and each unfinished run's newest training state are kept in o; the same command resumes"),
+        (["study", "--out", "s"], "ultracram.study.run_study",
+         "finished models, the shards and each model's newest pretraining and GLUE states are kept in s"),
+        (["data", "prepare", "--input", "a", "--tokenizer", "t", "--out", "d"], "ultracram.data.corpus.prepare_corpus",
+         "the complete shards in d are kept; the same command resumes after the last of them"),
+    ],
+    ids=["glue", "study", "data-prepare"],
+)
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(argv, target, said, monkeypatch, capsys, tmp_path):
+    """The command's own line (what it keeps is tested by the kill-and-resume tests of each stage)."""
+    monkeypatch.chdir(tmp_path)
+    module, _, name = target.rpartition(".")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    assert main(argv) == 130
+    [line] = capsys.readouterr().err.strip().splitlines()
+    command = " ".join(argv[: 2 if argv[0] == "data" else 1])
+    assert line.startswith(f"ultracram {command}: interrupted: ") and said in line
