@@ -25,8 +25,10 @@ and jsonargparse's own errors become one line that names the flag.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -51,10 +53,6 @@ def check_config_files(argv: list[str], fn: Any, settings_cls: type | None) -> N
 
 
 def check_config_file(path: Path, fn: Any, settings_cls: type | None) -> None:
-    import dataclasses
-
-    import yaml
-
     from ultracram.settings import SettingsError, build, coerce, coerce_fields, suggest
 
     try:
@@ -103,12 +101,12 @@ def check_config_file(path: Path, fn: Any, settings_cls: type | None) -> None:
 
 
 def _kind(action: Any) -> str:
-    """'bool', 'list' or '' for a jsonargparse action, by its type hint."""
+    """'bool', 'list', 'dict' or '' for a jsonargparse action, by its type hint."""
     hint = getattr(action, "_typehint", None)
     if hint is None:
         return ""
-    options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
-        typing.Union, __import__("types").UnionType) else [hint]  # fmt: skip
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
     if options == [bool]:
         return "bool"
     if all(typing.get_origin(o) is dict or o is dict for o in options):
@@ -195,9 +193,6 @@ def one_line(message: str, parser: Any) -> str:
 
 def settings_class(fn: Any) -> type | None:
     """The dataclass of ``fn``'s ``settings`` parameter, whose fields become top-level flags."""
-    import inspect
-    import typing
-
     if "settings" not in inspect.signature(fn).parameters:
         return None
     cls = typing.get_type_hints(fn)["settings"]
