@@ -140,6 +140,8 @@ def pretrain(
     """Run (or, with ``resume``, continue) a pretraining run; returns the summary dict that is
     also written to ``<out>/summary.json`` (on rank zero). ``monitor``: the live monitor built
     when ``config.monitor_every`` > 0 (``ultracram.doctor.monitors.Monitor``)."""
+    if not config.data:
+        raise PretrainError("--data is required: a directory made by `ultracram data prepare`")
     if config.wandb:  # before any file is written: a missing package must not leave a half-started run
         optional_import("wandb", "--wandb (logging to Weights & Biases)")
     if config.monitor_every and monitor is None:

@@ -35,7 +35,7 @@ class PretrainConfig:
 
     preset: str = "crammed-bert"
     """Model preset (ultracram models lists them)."""
-    data: str = ""
+    data: str | None = None
     """Directory of token shards made by ultracram data prepare (required)."""
     out: str = "out/pretrain"
     """Run directory: states/, metrics.csv, tensorboard/, loss_curve.png, final/."""
