@@ -136,7 +136,7 @@ def test_benchmarks_run_the_engine_step(counted, tmp_path):
     from ultracram.bench.fff_train import bench_model_step
     from ultracram.bench.train import bench_train
 
-    bench_train(["crammed-bert-tiny"], steps=2, warmup=1, batch_size=2, seq_len=16, out=None)
+    bench_train(["crammed-bert-tiny"], steps=2, warmup=1, batch_size=2, seq_len=16, out=None, rounds=1)
     assert counted == [1, 1, 1]
     counted.clear()
     bench_model_step(layers=1, batch=1, seq=8, repeats=1, device=torch.device("cpu"))

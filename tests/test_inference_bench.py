@@ -23,6 +23,7 @@ def test_bench_ffn_checks_outputs_and_writes_json_and_plot(tmp_path):
         cpu = next(r for r in saved["results"] if r["path"] == "cpu" and r["tokens"] == row["tokens"])
         assert abs(row["cpu_vs_dense"] - dense["min_s"] / cpu["min_s"]) < 1e-9
     assert (tmp_path / "ffn.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(saved["load"]) == {"before", "after", "cores", "busy", "warning"}
 
 
 def test_bench_model_on_tiny_presets(tmp_path):
@@ -33,6 +34,7 @@ def test_bench_model_on_tiny_presets(tmp_path):
     (row,) = report["ratios"]
     assert row["fast_vs_masked"] > 0 and "fast_vs_crammed-bert-tiny" in row
     assert {r["model"] for r in report["results"]} == {"fff_fast", "fff_masked", "crammed-bert-tiny"}
+    assert report["load"]["cores"] >= 1 and "warning" in report["load"]
 
 
 def test_time_calls_interleaves_and_batches_fast_calls():
@@ -44,6 +46,21 @@ def test_time_calls_interleaves_and_batches_fast_calls():
     assert order.count("a") > 6  # microsecond calls are timed many per batch
     last_a = len(order) - 1 - order[::-1].index("a")
     assert "b" in order[:last_a]  # rounds alternate between the calls
+
+
+def test_time_calls_rotates_the_order_when_asked():
+    def calls(order):
+        return {k: (lambda k=k: order.append(k)) for k in "abc"}
+
+    def round_starts(order):  # each call is repeated in a batch (~1 ms): one letter per batch
+        return [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]
+
+    fixed, turning = [], []
+    time_calls(calls(fixed), min_time=0.0)
+    time_calls(calls(turning), min_time=0.0, rotate=True)
+    # After the warm-up and batch sizing (a, b, c once each), three rounds of three batches.
+    assert round_starts(fixed)[-9:] == list("abcabcabc")
+    assert round_starts(turning)[-9:] == list("abcbcacab")
 
 
 def test_cli_bench_ffn_quick_flags(tmp_path):

@@ -2,8 +2,10 @@
 
 Every number that is compared is measured in the same run, on the same inputs, right after
 the outputs of each fast path were checked against the masked dense reference. The paths are
-timed in interleaved rounds (``time_calls``); times are the minimum over rounds (the least
-disturbed one; the machine may be shared) and the median is recorded next to it.
+timed in interleaved rounds (``time_calls``), each round in a rotated order (``bench.timing``);
+times are the minimum over rounds (the least disturbed one; the machine may be shared) and the
+median is recorded next to it. The load average before and after the sweep is recorded
+(``load`` in the JSON), with a warning when the machine was busy.
 
 ``bench_ffn``: tokens x threads x path, paths being the FFF layer through each implementation
 (``masked`` reference, ``gather``, the ``cpu`` kernel; ``triton`` on CUDA), a dense FFN of the
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from ultracram.bench.timing import load_report, machine_load, rotated
 from ultracram.config import get_preset
 from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.kernels.cpu import set_num_threads
@@ -44,15 +47,18 @@ def all_threads() -> int:
 
 
 def time_calls(
-    calls: dict[str, Callable[[], Any]], min_time: float, min_rounds: int = 3
+    calls: dict[str, Callable[[], Any]], min_time: float, min_rounds: int = 3, *, rotate: bool = False
 ) -> dict[str, dict[str, float]]:
     """Seconds per call of each of ``calls``, measured in interleaved rounds.
 
     Each call is timed in batches of at least ~1 ms (so the timer's own cost vanishes for
     microsecond calls); a round times one batch of every call in turn, so a slow spell of a
     shared machine hits all of them alike, and rounds repeat until each call has been timed
-    for ``min_time`` seconds and ``min_rounds`` rounds. Per call: the minimum over rounds
-    (the least disturbed) and the median.
+    for ``min_time`` seconds and ``min_rounds`` rounds. With ``rotate``, round r starts at the
+    r-th call (``bench.timing.rotated``), so no call always runs first or right after the same
+    neighbour (the benchmarks); without it the order is fixed, for measurements of what one
+    call costs right after a chosen other (``scripts/ffn_cache_states.py``). Per call: the
+    minimum over rounds (the least disturbed) and the median.
     """
     sizes, per_call, spent = {}, {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
     for name, fn in calls.items():
@@ -69,8 +75,8 @@ def time_calls(
         sizes[name] = n
     rounds = 0
     while rounds < min_rounds or min(spent.values()) < min_time:
-        for name, fn in calls.items():
-            n = sizes[name]
+        for name in rotated(list(calls), rounds) if rotate else calls:
+            fn, n = calls[name], sizes[name]
             start = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -202,7 +208,7 @@ def bench_ffn_layers(
     fast = "triton" if device == "cuda" else "cpu"
     paths = ["masked", "gather", fast, "dense", "glu"]
     results, ratios, checks = [], [], []
-    machine = _machine()
+    machine, load_before = _machine(), machine_load()
     for n_threads in threads:
         set_num_threads(n_threads)
         for n in tokens:
@@ -216,7 +222,7 @@ def bench_ffn_layers(
                     checks.append({"threads": n_threads, "tokens": n, "path": impl, "relative_error": err,
                                    "ok": err <= TOLERANCE})  # fmt: skip
                 timed = {p: (lambda f=calls[p], sync=sync: (f(), sync())) for p in paths}
-                times = time_calls(timed, min_time)
+                times = time_calls(timed, min_time, rotate=True)
                 for path, t in times.items():
                     results.append({"threads": n_threads, "tokens": n, "path": path, **t,
                                     "tokens_per_s": n / t["min_s"]})  # fmt: skip
@@ -236,8 +242,9 @@ def bench_ffn_layers(
         "benchmark": "ffn",
         "config": {"hidden": hidden, "depth": depth, "trees": 1, "dense_width": fff.linear_in.out_features,
                    "glu_width": layers["glu"].dense_in.out_features, "device": device, "dtype": "float32",
-                   "min_time_s": min_time, "timing": "interleaved rounds; min over rounds, median recorded"},
+                   "min_time_s": min_time, "timing": "interleaved rounds, rotated order; min over rounds, median recorded"},
         "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "load": load_report(load_before, machine_load()),
         "results": results,
         "ratios": ratios,
         "checks": checks,
@@ -296,7 +303,7 @@ def bench_model(
     models = {"fff_fast": fast, "fff_masked": reference, baseline: base}
     vocab = fast.config.vocab_size
     results, ratios, checks = [], [], []
-    machine = _machine()
+    machine, load_before = _machine(), machine_load()
     for n_threads in threads:
         set_num_threads(n_threads)
         for batch in batches:
@@ -313,7 +320,7 @@ def bench_model(
                     name: (lambda model=model, ids=ids: (model(ids), sync()))
                     for name, model in models.items()
                 }
-                times = time_calls(timed, min_time, min_rounds=2)
+                times = time_calls(timed, min_time, min_rounds=2, rotate=True)
                 for name, t in times.items():
                     results.append({"threads": n_threads, "batch": batch, "seq_len": seq_len, "model": name,
                                     **t, "tokens_per_s": batch * seq_len / t["min_s"]})  # fmt: skip
@@ -333,8 +340,9 @@ def bench_model(
         "benchmark": "model",
         "config": {"preset": preset, "baseline": baseline, "seq_len": seq_len, "batches": list(batches), "device": device,
                    "dtype": "float32", "min_time_s": min_time, "output": "encoder hidden states",
-                   "timing": "interleaved rounds; min over rounds, median recorded"},
+                   "timing": "interleaved rounds, rotated order; min over rounds, median recorded"},
         "machine": {**machine, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "load": load_report(load_before, machine_load()),
         "results": results,
         "ratios": ratios,
         "checks": checks,
@@ -359,7 +367,7 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"{by[(*k, 'glu')] * 1e6:,.0f} | {by[(*k, 'masked')] * 1e6:,.0f} | "
                 f"{row[f'{fast}_vs_dense']:.0f}x | {row[f'{fast}_vs_glu']:.0f}x | {row[f'{fast}_vs_masked']:.0f}x |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + _load_lines(report))
     base = report["config"]["baseline"]
     by = {(r["threads"], r["batch"], r["model"]): r for r in report["results"]}
     checks = {(c["threads"], c["batch"]): c for c in report["checks"]}
@@ -375,7 +383,18 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{row['fast_vs_masked']:.2f}x | {row[f'fast_vs_{base}']:.2f}x | {c['max_relative_error']:.1e} | "
             f"{c['tokens_off']} / {c['tokens']} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _load_lines(report))
+
+
+def _load_lines(report: dict[str, Any]) -> list[str]:
+    """The load average line under a table, and the busy warning when there is one."""
+    load = report.get("load")
+    if not load:
+        return []
+    text = " -> ".join("n/a" if v is None else f"{v[0]:.2f}" for v in (load["before"], load["after"]))
+    return ["", f"load average (1 min) {text} on {load['cores']} cores"] + (
+        [load["warning"]] if load["warning"] else []
+    )
 
 
 def _write(report: dict[str, Any], out: str | Path | None) -> None:

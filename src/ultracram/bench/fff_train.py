@@ -12,8 +12,12 @@
   clipping, AdamW) of a shallow ultrafastbert vs crammed-bert of the same width.
 
 Each conditional path's output and gradients are checked against the masked reference in
-the same run before it is timed. Times are the minimum over repeats (the machine may be
-shared by other jobs: the minimum is the least disturbed sample); the median is recorded too.
+the same run before it is timed. Every path of a benchmark (all shapes and the GLU; all
+models of the model step) is then warmed up and timed in one block of ``repeats`` interleaved
+rounds, each round running every path once in a rotated order (``bench.timing``), so a slow
+spell of a shared machine falls on all of them alike. Times are the minimum over rounds (the
+least disturbed sample); the median is recorded too. The load average before and after is
+recorded (``load`` in the JSON), with a warning when the machine was busy.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ultracram.bench.timing import interleaved_rounds, load_report, machine_load
 from ultracram.config import IGNORE_INDEX, get_preset
 from ultracram.kernels import FFF_IMPLEMENTATIONS
 from ultracram.kernels.autograd import fff_conditional
@@ -44,20 +49,30 @@ from ultracram.train.pretrain_config import RECIPES
 MODEL_STEP_SHAPE = (4, 128)  # batch x sequence length of the optional whole-model step
 
 
-def _time(step: Callable[[], None], repeats: int, device: torch.device) -> dict[str, float]:
+def _time(
+    steps: dict[str, Callable[[], Any]], repeats: int, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Per step: min and median seconds over ``repeats`` interleaved rounds (rotated order),
+    after one warm-up call of each (numba / Triton compilation, allocator)."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up: numba / Triton compilation, allocator
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    def timed(step: Callable[[], Any]) -> Callable[[], float]:
+        def unit() -> float:  # waits for the device: CUDA is asynchronous
+            t0 = time.perf_counter()
+            step()
+            sync()
+            return time.perf_counter() - t0
+
+        return unit
+
+    for step in steps.values():
         step()
         sync()
-        times.append(time.perf_counter() - t0)
-    return {"min_s": min(times), "median_s": statistics.median(times)}
+    times = interleaved_rounds({name: timed(step) for name, step in steps.items()}, repeats)
+    return {name: {"min_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
 
 
 # The per-visit torch paths (gather, conditional/torch) take minutes for 128x4 (640 visits per
@@ -96,7 +111,9 @@ def bench_layers(
         glu.zero_grad(set_to_none=True)
         glu(xi).backward(grad)
 
-    glu_time = _time(glu_step, repeats, device)
+    # Every (shape, path) is checked first, then all of them and the GLU are timed in one block.
+    steps: dict[str, Callable] = {"glu": glu_step}
+    errors: dict[tuple[str, str], float] = {}  # (shape, path) -> max relative error vs masked
     for shape in shapes:
         config = get_preset(shape)
         layer = FastFeedForward(config).to(device, dtype)
@@ -115,10 +132,16 @@ def bench_layers(
             result = step()
             if reference is None:
                 reference = result
-            err = _check(result, reference)
-            t = _time(step, repeats, device)
-            rows.append({"shape": shape, "path": name, "tokens": tokens, **t,
-                         "tokens_per_s": tokens / t["min_s"], "max_rel_err_vs_masked": err})  # fmt: skip
+            errors[shape, name] = _check(result, reference)
+            steps[f"{shape}/{name}"] = step
+        del reference
+    times = _time(steps, repeats, device)
+    glu_time = times["glu"]
+    for (shape, name), err in errors.items():
+        t = times[f"{shape}/{name}"]
+        rows.append({"shape": shape, "path": name, "tokens": tokens, **t,
+                     "tokens_per_s": tokens / t["min_s"], "max_rel_err_vs_masked": err})  # fmt: skip
+    for shape in shapes:
         masked = next(r for r in rows if r["shape"] == shape and r["path"] == "masked")
         for r in rows:
             if r["shape"] == shape:
@@ -137,7 +160,7 @@ def bench_model_step(
     fabric = setup_fabric(device.type, [device.index] if device.index is not None else 1)
     recipe = RECIPES["cramming"]
     gen = torch.Generator().manual_seed(0)
-    rows = []
+    rows, steps = [], {}
     cases = [("crammed-bert", None)] + [
         ("ultrafastbert-1x11", p) for p in ("masked", "gather", "conditional")
     ]
@@ -155,7 +178,11 @@ def bench_model_step(
         def step(model=model, optimizer=optimizer, data=data):
             engine.train_step(fabric, model, optimizer, data, grad_clip=recipe["grad_clip"])
 
-        t = _time(step, repeats, device)
+        steps[path or "glu"] = step
+    # Every model is built before any is timed, then all are timed in one block.
+    times = _time(steps, repeats, device)
+    for preset, path in cases:
+        t = times[path or "glu"]
         rows.append({"preset": preset, "layers": layers, "path": path or "glu", **t,
                      "tokens_per_s": batch * seq / t["min_s"]})  # fmt: skip
     glu = rows[0]["min_s"]
@@ -194,6 +221,7 @@ def bench_fff_train(
     model_batch, model_seq = MODEL_STEP_SHAPE
     dev = torch.device(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    load_before = machine_load()
     layer_rows = bench_layers(comma_list(shapes), tokens, repeats, dev, torch_dtype)
     print(
         f"FFF layer forward+backward, {tokens} tokens, {dtype}, {device} ({torch.get_num_threads()} threads)"
@@ -214,12 +242,19 @@ def bench_fff_train(
             vm = f"{r['speedup_vs_masked']:.2f}x" if r["speedup_vs_masked"] else "-"
             print(f"{r['preset']:20s} {r['path']:12s} {r['tokens_per_s']:9.0f} tok/s  vs masked {vm:>6s}  "
                   f"vs crammed {r['speedup_vs_crammed']:.2f}x")  # fmt: skip
+    load = load_report(load_before, machine_load())
+    before, after = _load_text(load["before"]), _load_text(load["after"])
+    print(f"\nload average (1 min) {before} -> {after} on {load['cores']} cores")
+    if load["warning"]:
+        print(load["warning"])
     result = {
         "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "note": "times are the minimum over repeats; the machine may be shared (see median_s)",
+        "note": "times are the minimum over repeats, timed in interleaved rounds (rotated order); "
+        "the machine may be shared (see median_s and load)",
+        "load": load,
         "layers": layer_rows,
         "model_step": model_rows,
     }
@@ -228,3 +263,7 @@ def bench_fff_train(
         Path(out).write_text(json.dumps(result, indent=2))
         print(f"\nwrote {out}")
     return result
+
+
+def _load_text(load: list[float] | None) -> str:
+    return "n/a" if load is None else f"{load[0]:.2f}"

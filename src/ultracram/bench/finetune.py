@@ -3,11 +3,12 @@
 The step is the one ``ultracram glue`` takes (``engine.train_step`` on a classifier built as
 ``finetune_run`` builds it: pooler, dropout, AdamW with the protocol's settings), on a random
 batch of ``batch_size`` x ``seq_len`` tokens. Each path gets its own copy of the same weights;
-paths are timed in interleaved rounds (round r times every path once), so load on a shared
-machine falls on all of them alike, and each is reported with its ratio to ``masked`` (the
-dense reference UltraFastBERT itself fine-tunes with) from the same run. Before timing, one
-step of each path from the same weights and dropout masks is compared with ``masked``: the
-loss difference is reported.
+paths are timed in interleaved rounds (``bench.timing``: round r times every path once, in a
+rotated order), so load on a shared machine falls on all of them alike, and each is reported
+with its ratio to ``masked`` (the dense reference UltraFastBERT itself fine-tunes with) from
+the same run; the load average before and after is recorded, with a warning when the machine
+was busy. Before timing, one step of each path from the same weights and dropout masks is
+compared with ``masked``: the loss difference is reported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ultracram.bench.timing import interleaved_rounds, load_report, machine_load
 from ultracram.config import get_preset
 from ultracram.model import build_model
 from ultracram.model.dispatch import fff_implementations
@@ -86,7 +88,7 @@ def bench_finetune(
         model = copy.deepcopy(base)
         model, optimizer = prepare(fabric, model, make_optimizer(model, s), fff=path)
         runs[path] = {"model": model, "optimizer": optimizer,
-                      "implementation": sorted(set(fff_implementations(raw_module(model)))), "times": []}  # fmt: skip
+                      "implementation": sorted(set(fff_implementations(raw_module(model))))}  # fmt: skip
     del base
 
     def step(path: str) -> float:
@@ -100,16 +102,20 @@ def bench_finetune(
     for path in paths:
         torch.manual_seed(1)
         first[path] = step(path)
-    for _ in range(rounds):
-        for path in paths:
-            synchronize(fabric.device)
-            t0 = time.perf_counter()
-            step(path)
-            synchronize(fabric.device)
-            runs[path]["times"].append(time.perf_counter() - t0)
+
+    def timed(path: str) -> float:  # the device drained before and after: CUDA is asynchronous
+        synchronize(fabric.device)
+        t0 = time.perf_counter()
+        step(path)
+        synchronize(fabric.device)
+        return time.perf_counter() - t0
+
+    load_before = machine_load()
+    times = interleaved_rounds({path: (lambda path=path: timed(path)) for path in paths}, rounds)
+    load = load_report(load_before, machine_load())
     rows = []
     for path in paths:
-        t = runs[path]["times"]
+        t = times[path]
         rows.append({"path": path, "implementation": runs[path]["implementation"], "min_s": min(t),
                      "median_s": statistics.median(t), "times_s": t,
                      "tokens_per_s": batch_size * seq_len / statistics.median(t),
@@ -121,7 +127,7 @@ def bench_finetune(
         "preset": preset, "batch_size": batch_size, "seq_len": seq_len, "rounds": rounds, "protocol": protocol,
         "device": str(fabric.device), "precision": precision_name(fabric),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": rows,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "load": load, "rows": rows,
     }  # fmt: skip
     print(bench_finetune_markdown(result))
     if out:
@@ -142,6 +148,8 @@ def bench_finetune_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['path']} | {', '.join(r['implementation'])} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['speedup_vs_masked']:.2f}x | {r['first_loss_diff_vs_masked']:.1e} |")  # fmt: skip
+    if (result.get("load") or {}).get("warning"):
+        lines += ["", result["load"]["warning"]]
     return "\n".join(lines)
 
 
