@@ -10,7 +10,7 @@ import torch
 
 from ultracram.checkpoint import save_checkpoint
 from ultracram.config import get_preset
-from ultracram.data.glue import TASKS, GlueSplit, load_glue_tsv
+from ultracram.data.glue import TASKS, GlueSplit, compute_metrics, load_glue_tsv
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
 from ultracram.train.finetune import (
@@ -177,6 +177,10 @@ def test_run_glue_table_average_and_rerun(tiny_checkpoint, tmp_path):
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.splitlines()[0] == "| checkpoint | SST-2 | STS-B | Avg (partial) |"
     assert [line.split(" | ")[0] for line in table.splitlines()[2:4]] == ["| a", "| b"]
+    # The reference rows follow the checkpoints, and every score has its interval.
+    assert [line.split(" | ")[0] for line in table.splitlines()[4:6]] == ["| majority",
+                                                                         "| bag-of-words (TF-IDF + logreg)"]  # fmt: skip
+    assert all(" [" in cell for line in table.splitlines()[2:6] for cell in line.split(" | ")[1:3])
     assert "average over 2 column(s) only (SST-2, STS-B)" in table and "QNLI skipped" in table
     assert json.loads((tmp_path / "out" / "results.json").read_text())["checkpoints"][1]["label"] == "b"
     # Rerun: every run is finished, so the results come back unchanged and nothing trains.
@@ -291,3 +295,61 @@ def test_per_task_key_from_the_cli_with_underscore_is_the_task(tiny_checkpoint, 
         run_glue([str(tiny_checkpoint)], [tmp_path], tmp_path / "out", tasks="sst2",
                  task_overrides={"sst_2": {"epochs": "many"}}, log=lambda _: None)  # fmt: skip
     assert "unknown task" not in str(e.value) and "epochs" in str(e.value)
+
+
+def test_run_glue_baselines_intervals_and_sentences(tiny_checkpoint, tmp_path, monkeypatch):
+    """On the embedded sample slices: the two baseline rows, trained on the encoders' own
+    subsample; an interval in every cell; one sentence per column against the bag of words; a
+    rerun reuses the cached baselines; a run from before predictions were kept gets no interval."""
+    from ultracram.data.sample import sample_glue_dir
+    from ultracram.train import baselines
+
+    out = tmp_path / "out"
+    common = dict(tasks="sst2,stsb", overrides={**FAST, "epochs": 1, "max_train_examples": 200,
+                                                "max_eval_examples": 100}, log=lambda _: None, progress=False)  # fmt: skip
+    res = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], out, **common)
+    assert [b["label"] for b in res["baselines"]] == ["majority", "bag-of-words (TF-IDF + logreg)"]
+    m = res["checkpoints"][0]
+    for name in ("sst2", "stsb"):
+        for b in res["baselines"]:
+            assert b["tasks"][name]["train_examples"] == m["tasks"][name]["train_examples"] == 200
+            assert b["tasks"][name]["dev_examples"] == m["tasks"][name]["dev_examples"] == {"dev": 100}
+    # Exactly the encoders' training examples (fine-tuning's subsample), and per-example dev
+    # predictions kept in result.json, in the dev split's order.
+    sst = sample_glue_dir() / "SST-2"
+    train, dev = (
+        subsample(load_glue_tsv("sst2", sst / "train.tsv"), 200),
+        subsample(load_glue_tsv("sst2", sst / "dev.tsv"), 100),
+    )
+    cache = json.loads((out / "baselines" / "sst2.json").read_text())
+    assert cache["identity"]["train_sha256"] == baselines.split_digest(train)
+    assert cache["identity"]["dev"]["dev"]["sha256"] == baselines.split_digest(dev)
+    run_path = out / "runs" / "m" / "sst2" / "seed-0" / "result.json"
+    run = json.loads(run_path.read_text())
+    assert len(run["predictions"]["dev"]) == 100
+    assert compute_metrics("sst2", run["predictions"]["dev"], dev.labels) == run["metrics"]["dev"]
+    cell = m["tasks"]["sst2"]["summary"]["dev"]["accuracy"]
+    assert cell["ci"][0] <= cell["median"] <= cell["ci"][1] and cell["ci_seed"] == 0
+    assert set(m["tasks"]["sst2"]["vs_baselines"]["dev"]["vs"]) == set(baselines.BASELINES)
+    assert res["bootstrap"]["resamples"] == 1000
+    table = (out / "results.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:5]] == [
+        "| m",
+        "| majority",
+        "| bag-of-words (TF-IDF + logreg)",
+    ]
+    assert all(cell.count(" [") == 1 for line in table[2:5] for cell in line.split(" | ")[1:3]), table[2:5]
+    assert any(line.startswith("- SST-2: m ") and "bag-of-words" in line for line in table), table
+    assert any(line.startswith("- STS-B: m ") and "bag-of-words" in line for line in table), table
+    # A rerun trains nothing and computes no baseline: both come back unchanged.
+    monkeypatch.setattr(baselines, "compute_task_baselines", lambda *a: pytest.fail("baselines recomputed"))
+    again = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], out, **common)
+    assert again["baselines"] == res["baselines"] and again["checkpoints"] == res["checkpoints"]
+    # A result.json from before predictions were kept still reads: no interval, no test.
+    old = json.loads(run_path.read_text())
+    del old["predictions"]
+    run_path.write_text(json.dumps(old))
+    older = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], out, **common)
+    assert older["checkpoints"][0]["tasks"]["sst2"]["summary"]["dev"]["accuracy"]["ci"] is None
+    assert older["checkpoints"][0]["tasks"]["sst2"]["vs_baselines"] == {"dev": None}
+    assert "- SST-2: m not tested (no per-example predictions" in (out / "results.md").read_text()

@@ -5,7 +5,8 @@ one run (train, evaluate, resume, its progress display) and the multi-checkpoint
 belong to one workflow; the settings are in ``finetune_settings.py`` and the step in ``engine.py``.
 
 ``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
-sets and writes ``results.json`` and ``results.md`` (the papers' table layout). The default
+sets and writes ``results.json`` and ``results.md`` (the papers' table layout, with a majority-class
+and a bag-of-words row, bootstrap intervals and paired tests: ``ultracram.train.baselines``). The default
 protocol is cramming's "GLUE-sane" (Geiping & Goldstein 2022, sec. 5): 5 epochs, batch 16,
 AdamW lr 4e-5 with betas (0.9, 0.98) and eps 1e-6, no weight decay, cosine schedule with 10%
 warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler on [CLS].
@@ -67,6 +68,7 @@ from ultracram.errors import RunMismatchError
 from ultracram.fileio import atomic_write_text, check_same_run, sha256_tensors
 from ultracram.model import for_inference
 from ultracram.progress import ProgressDisplay, hms
+from ultracram.train import baselines as glue_baselines
 from ultracram.train import engine
 from ultracram.train.engine import (
     precision_name,
@@ -285,8 +287,10 @@ def finetune_run(
 ) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on ``train`` with ``seed`` and evaluate on ``devs``.
 
-    Returns (and writes to ``run_dir/result.json``) the metrics per dev split, the training
-    time and a digest of the final weights. An existing result is returned without training;
+    Returns (and writes to ``run_dir/result.json``) the metrics per dev split, the per-example
+    dev predictions (``predictions``: {split: class ids or scores}; absent from results of older
+    versions, which stay readable), the training time and a digest of the final weights.
+    An existing result is returned without training;
     an existing training state is resumed. ``fabric``: the engine's Fabric (``run_glue`` makes
     one for all runs); without it, one for ``device`` with the automatic precision. ``fff``: the
     FFF implementation to train with (``auto``: the fastest trainable one). ``stop_after_steps``
@@ -392,18 +396,37 @@ def finetune_run(
     eval_bar = _EvalProgress(name, sum(len(d) for d in devs), enabled=show)
     try:
         with fabric.autocast():
-            scores = {d.split: evaluate(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device, use_types,
-                                        pad_id, on_batch=eval_bar.hook(d.split)) for d in devs}  # fmt: skip
+            evaluated = {d.split: evaluate_predictions(net, d, tokenizer, max_length, s.eval_batch_size, fabric.device,
+                                                       use_types, pad_id, on_batch=eval_bar.hook(d.split))
+                         for d in devs}  # fmt: skip
     finally:
         eval_bar.close()
+    scores = {split: metrics for split, (metrics, _) in evaluated.items()}
+    # The per-example dev predictions (class ids, or STS-B scores) let run_glue put bootstrap
+    # intervals on the scores and test them against the baselines on the same examples.
     result = {"checkpoint": str(Path(checkpoint).resolve()), **ident, "metrics": scores, "steps": total,
               "resumed_from_step": resumed_from, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
-              "weights_sha256": digest, "precision": precision_name(fabric), "devices": world}  # fmt: skip
+              "weights_sha256": digest, "precision": precision_name(fabric), "devices": world,
+              "predictions": {split: preds for split, (_, preds) in evaluated.items()}}  # fmt: skip
     if rank == 0:
-        atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run_dir / RESULT_NAME, _result_text(result))
         shutil.rmtree(state_dir, ignore_errors=True)  # the result is final; the optimizer state is not needed
     fabric.barrier()
     return result
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    """result.json: indented, except the predictions, one line per split (indented, QQP's 40k
+    predictions would take 40k lines)."""
+    rest = {k: v for k, v in result.items() if k != "predictions"}
+    text = json.dumps(rest, indent=2)
+    if "predictions" not in result:
+        return text + "\n"
+    lines = [
+        f"    {json.dumps(split)}: {json.dumps(p, separators=(',', ':'))}"
+        for split, p in result["predictions"].items()
+    ]
+    return text[:-2] + ',\n  "predictions": {\n' + ",\n".join(lines) + "\n  }\n}\n"
 
 
 RUN_RECORD = "run.json"
@@ -486,9 +509,17 @@ def predict(
 def evaluate(model, split: GlueSplit, tokenizer, max_length: int, batch_size: int, device, use_types: bool,
              pad_id: int, on_batch: Callable[[int], None] | None = None) -> dict[str, float]:  # fmt: skip
     """The task's metrics of ``model`` on ``split`` (``on_batch``: as in ``predict``)."""
+    return evaluate_predictions(model, split, tokenizer, max_length, batch_size, device, use_types, pad_id,
+                                on_batch)[0]  # fmt: skip
+
+
+def evaluate_predictions(model, split: GlueSplit, tokenizer, max_length: int, batch_size: int, device,
+                         use_types: bool, pad_id: int, on_batch: Callable[[int], None] | None = None
+                         ) -> tuple[dict[str, float], list]:  # fmt: skip
+    """``evaluate``'s metrics and the per-example predictions they come from, in the split's order."""
     enc = encode_split(split, tokenizer, max_length)
-    preds = predict(model, enc, batch_size, torch.device(device), use_types, pad_id, on_batch)
-    return compute_metrics(split.task, preds.tolist(), enc.labels.tolist())
+    preds = predict(model, enc, batch_size, torch.device(device), use_types, pad_id, on_batch).tolist()
+    return compute_metrics(split.task, preds, enc.labels.tolist()), preds
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,7 +633,14 @@ def run_glue(
     ``fff`` (the FFF training implementation) go to the engine (``ultracram.train.engine``).
     ``glue_dirs``: directories, or ``nyu-mll/glue`` (``glue``) to load through Hugging Face
     ``datasets`` (``ultracram.data.glue.load_split``). ``progress``: each run's training and
-    evaluation progress on standard output (``finetune_run``)."""
+    evaluation progress on standard output (``finetune_run``).
+
+    The table has two reference rows per task, trained on the same training examples and scored
+    on the same dev examples (``ultracram.train.baselines``: "majority" and "bag-of-words (TF-IDF
+    + logreg)", cached in ``out_dir/baselines/TASK.json``). Every score gets a 95% percentile
+    bootstrap interval over the dev examples (for several seeds, that of the run nearest the
+    median), and each checkpoint's main metric a paired bootstrap test against each baseline;
+    results.md says per column which checkpoints beat the bag of words and which are at chance."""
     if not checkpoints:
         raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -700,10 +738,32 @@ def run_glue(
     for n in notes:
         log(f"note: {n}")
 
+    # The reference rows, before any training (cheap, and a table without them can mislead):
+    # trained on the very GlueSplits the encoders get, cached in OUT/baselines/TASK.json. Rank
+    # zero alone computes them and the statistics; the other ranks write nothing.
+    resamples = glue_baselines.Resamples()
+    computed: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    if fabric.global_rank == 0:
+        for name, (train, devs) in data.items():
+            computed[name], reused = glue_baselines.cached_task_baselines(out, train, devs)
+            scores = "; ".join(
+                f"{b} "
+                + ", ".join(
+                    f"{sp} {m} {v:.4f}" for sp, got in by_split.items() for m, v in got["metrics"].items()
+                )
+                for b, by_split in computed[name].items()
+            )
+            log(f"baselines {TASKS[name].display}{' (reused)' if reused else ''}: {scores}")
+    baseline_rows = glue_baselines.baseline_entries(computed, data, resamples) if computed else []
+    for row in baseline_rows:
+        row["average"] = glue_average(row["tasks"], include_wnli)
+
     results: dict[str, Any] = {"protocol": protocol, "seeds": list(range(seeds)), "device": str(fabric.device),
                                "devices": fabric.world_size, "precision": precision_name(fabric),
                                "settings": {k: settings_dict(v) for k, v in settings.items()},
-                               "glue_dirs": [str(d) for d in glue_dirs], "notes": notes, "checkpoints": []}  # fmt: skip
+                               "glue_dirs": [str(d) for d in glue_dirs], "notes": notes,
+                               "bootstrap": glue_baselines.BOOTSTRAP if computed else None,
+                               "baselines": baseline_rows, "checkpoints": []}  # fmt: skip
     n_runs, run_number = len(checkpoints) * len(data) * seeds, 0
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
@@ -727,6 +787,8 @@ def run_glue(
                 "summary": summarize(per_seed),
                 "train_seconds": [r["train_seconds"] for r in per_seed],
             }  # fmt: skip
+            if name in computed:  # intervals, and the paired tests against the baselines
+                glue_baselines.add_statistics(entry["tasks"][name], per_seed, devs, computed[name], resamples)
         entry["average"] = glue_average(entry["tasks"], include_wnli)
         results["checkpoints"].append(entry)
         if fabric.global_rank == 0:
