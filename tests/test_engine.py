@@ -263,8 +263,10 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
     import sys
     import time
 
+    armed = tmp_path / "armed"
     child_code = (
-        "from ultracram.train.engine import end_with_parent; end_with_parent(); import time; time.sleep(60)"
+        "from ultracram.train.engine import end_with_parent; end_with_parent(); import time; "
+        f"open({str(armed)!r}, 'w').write('1'); time.sleep(60)"
     )
     parent_code = (
         "import subprocess, sys, time\n"
@@ -278,7 +280,9 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
         assert time.time() < deadline
         time.sleep(0.1)
     child = int((tmp_path / "pid").read_text())
-    time.sleep(8)  # the child has imported ultracram and armed the signal
+    while not armed.exists():  # the child has imported ultracram (slow on a busy machine) and armed the signal
+        assert time.time() < deadline
+        time.sleep(0.1)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 10

@@ -52,7 +52,7 @@ COMMANDS: dict[str, Any] = {
         "model": ("ultracram.bench.fff:bench_model",
                   "whole-encoder throughput: UltraFastBERT via for_inference vs masked reference vs crammed-bert"),
         "train": ("ultracram.bench.train:bench_train",
-                  "training throughput (tokens/s) and MFU of each preset over a fixed number of steps"),
+                  "training throughput (tokens/s) and MFU of each preset, timed in interleaved rounds"),
         "fff-train": ("ultracram.bench.fff_train:bench_fff_train",
                       "FFF layer forward+backward tokens/s per training implementation vs masked and GLU"),
         "finetune": ("ultracram.bench.finetune:bench_finetune",
