@@ -43,3 +43,17 @@ def pretrain_flags(values: dict[str, Any]) -> list[str]:
         elif v is not None:
             args += [f"--{k}", str(v)]
     return args
+
+
+def perturbed_hf_bert(**config: Any):
+    """A transformers ``BertForMaskedLM`` (eval mode, seed 0) from ``BertConfig(**config)``, with
+    non-trivial LayerNorm and bias values, so that a mis-mapped tensor shows in a comparison."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(transformers.BertConfig(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model

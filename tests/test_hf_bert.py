@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import perturbed_hf_bert
+
 transformers = pytest.importorskip("transformers")
 
 from ultracram.interop.hf_bert import ConversionError, config_from_hf_bert, state_dict_from_hf_bert  # noqa: E402
@@ -11,14 +13,9 @@ from ultracram.model import build_model  # noqa: E402
 
 @pytest.fixture(scope="module")
 def pair():
-    torch.manual_seed(0)
-    hf_config = transformers.BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                        intermediate_size=128, max_position_embeddings=64)  # fmt: skip
-    hf = transformers.BertForMaskedLM(hf_config).eval()
-    with torch.no_grad():  # non-trivial LayerNorm and bias values so that a mis-mapped tensor shows
-        for name, p in hf.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
+    hf = perturbed_hf_bert(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=128, max_position_embeddings=64)  # fmt: skip
+    hf_config = hf.config
     config = config_from_hf_bert(hf_config.to_dict())
     ours = build_model(config, "mlm").eval()
     state = state_dict_from_hf_bert(hf.state_dict(), config.num_layers)

@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from conftest import perturbed_hf_bert
 from ultracram.checkpoint import load_checkpoint
 from ultracram.cli import main
 from ultracram.errors import MissingDependencyError, UltracramError
@@ -33,15 +34,8 @@ def _vocab(n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hf_bert():
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                                  intermediate_size=64, max_position_embeddings=32)  # fmt: skip
-    model = transformers.BertForMaskedLM(cfg).eval()
-    with torch.no_grad():  # non-trivial LayerNorm and bias values so that a mis-mapped tensor shows
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed_hf_bert(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                             intermediate_size=64, max_position_embeddings=32)  # fmt: skip
 
 
 def _save(model, directory, safetensors=True):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from conftest import perturbed_hf_bert
 from ultracram.checkpoint import load_checkpoint
 from ultracram.interop.importer import import_checkpoint
 from ultracram.interop.weights import ConversionError
@@ -31,21 +32,10 @@ def _vocab(n: int) -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(n - 5)]
 
 
-def _perturb(model: torch.nn.Module) -> None:
-    with torch.no_grad():  # non-trivial LayerNorm and bias values so that a mis-mapped tensor shows
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-
-
 @pytest.fixture(scope="module")
 def hf_bert():
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                                  intermediate_size=64, max_position_embeddings=32)  # fmt: skip
-    model = transformers.BertForMaskedLM(cfg).eval()
-    _perturb(model)
-    return model
+    return perturbed_hf_bert(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                             intermediate_size=64, max_position_embeddings=32)  # fmt: skip
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
