@@ -57,3 +57,18 @@ def perturbed_hf_bert(**config: Any):
             if "LayerNorm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     return model
+
+
+# The tiny transformers BERT of the interop tests: vocabulary V, hidden H, NH heads, L layers.
+V, H, NH, L = 120, 32, 4, 2
+
+
+def bert_vocab(n: int) -> list[str]:
+    """A BERT vocab.txt's lines: the five special tokens, then w0, w1, ..."""
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(n - 5)]
+
+
+@pytest.fixture(scope="module")
+def hf_bert():
+    return perturbed_hf_bert(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                             intermediate_size=64, max_position_embeddings=32)  # fmt: skip

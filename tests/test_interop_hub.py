@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import perturbed_hf_bert
+from conftest import V, bert_vocab
 from ultracram.checkpoint import load_checkpoint
 from ultracram.cli import main
 from ultracram.errors import MissingDependencyError, UltracramError
@@ -25,17 +25,7 @@ from ultracram.interop.weights import ConversionError
 transformers = pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
-V, H, NH, L = 120, 32, 4, 2
 
-
-def _vocab(n: int) -> list[str]:
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(n - 5)]
-
-
-@pytest.fixture(scope="module")
-def hf_bert():
-    return perturbed_hf_bert(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                             intermediate_size=64, max_position_embeddings=32)  # fmt: skip
 
 
 def _save(model, directory, safetensors=True):
@@ -44,7 +34,7 @@ def _save(model, directory, safetensors=True):
     if not safetensors:  # an older repo: PyTorch weights only
         (directory / "model.safetensors").unlink()
         torch.save(model.state_dict(), directory / "pytorch_model.bin")
-    (directory / "vocab.txt").write_text("\n".join(_vocab(V)) + "\n")
+    (directory / "vocab.txt").write_text("\n".join(bert_vocab(V)) + "\n")
     return directory
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from conftest import perturbed_hf_bert
+from conftest import NH, H, L, V, bert_vocab
 from ultracram.checkpoint import load_checkpoint
 from ultracram.interop.importer import import_checkpoint
 from ultracram.interop.weights import ConversionError
@@ -25,17 +25,9 @@ from ultracram.train.finetune_settings import PROTOCOLS
 
 transformers = pytest.importorskip("transformers")
 
-V, H, NH, L, T = 120, 32, 4, 2, 12
+T = 12  # tokens per test sequence
 
 
-def _vocab(n: int) -> list[str]:
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(n - 5)]
-
-
-@pytest.fixture(scope="module")
-def hf_bert():
-    return perturbed_hf_bert(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                             intermediate_size=64, max_position_embeddings=32)  # fmt: skip
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
@@ -46,7 +38,7 @@ def test_hf_bert_import_same_logits(hf_bert, tmp_path, safe):
         # transformers 5 always writes safetensors; write the .bin that transformers 4 writes
         (src / "model.safetensors").unlink()
         torch.save(hf_bert.state_dict(), src / "pytorch_model.bin")
-    (src / "vocab.txt").write_text("\n".join(_vocab(V)) + "\n")
+    (src / "vocab.txt").write_text("\n".join(bert_vocab(V)) + "\n")
     assert (src / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
     import_checkpoint(src, tmp_path / "uc")
     ours = load_checkpoint(tmp_path / "uc").eval()
@@ -302,7 +294,7 @@ def test_imported_hf_bert_runs_glue_finetuning(hf_bert, tmp_path):
 
     src = tmp_path / "hf"
     hf_bert.save_pretrained(src)
-    (src / "vocab.txt").write_text("\n".join(_vocab(V)) + "\n")
+    (src / "vocab.txt").write_text("\n".join(bert_vocab(V)) + "\n")
     import_checkpoint(src, tmp_path / "uc")
     g = torch.Generator().manual_seed(0)
     words = [f"w{i}" for i in torch.randint(0, V - 5, (64, 6), generator=g).flatten().tolist()]
