@@ -54,3 +54,21 @@ def test_published_shapes():
     assert get_preset("ultrafastbert-1x11").fff_nodes == 4095
     b = get_preset("bert-base")
     assert b.norm_position == "post" and b.bias and b.mask_rate == 0.15 and b.type_vocab_size == 2
+
+
+def test_one_settings_layer_converts_and_reports_everything():
+    from typing import Literal
+
+    from ultracram.settings import SettingsError, build, coerce
+    from ultracram.train.pretrain_config import PretrainConfig
+
+    assert coerce("1e-3", float) == 1e-3 and coerce(4.0, int) == 4 and coerce("none", int | None) is None
+    assert coerce("true", bool) is True and coerce("a,b", list[str]) == ["a", "b"]
+    for value, annotation in ((True, int), (2.5, int), ("x", float), (1, bool), ("c", Literal["a", "b"])):
+        with pytest.raises(ValueError):
+            coerce(value, annotation)
+    with pytest.raises(SettingsError) as e:  # unknown key, wrong type and bad value, all in one error
+        build(PretrainConfig, {"lrr": 1.0, "micro_batch_size": "many", "budget": "forever"}, "test")
+    assert [p.split(":")[0].split(" (")[0] for p in e.value.problems] == [
+        "unknown key 'lrr'", "micro_batch_size", "budget"]  # fmt: skip
+    assert "did you mean 'lr'" in str(e.value)

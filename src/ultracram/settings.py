@@ -94,30 +94,8 @@ def coerce(value: Any, annotation: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
             return value.lower() in ("true", "yes")
         raise ValueError("expected true or false")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError("expected an integer")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError("expected a number")
+    if annotation in (int, float):
+        return _number(value, annotation)
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -157,6 +135,24 @@ def type_ok(value: Any, annotation: Any) -> bool:
     if annotation is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, origin or annotation)
+
+
+def _number(value: Any, kind: type) -> int | float:
+    """``value`` as an int (also ``4.0`` and ``"4"``) or a float (also ``4`` and ``"1e-3"``);
+    never a bool."""
+    expected = "expected an integer" if kind is int else "expected a number"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValueError(expected)
 
 
 def coerce_fields(cls: type, values: Mapping[str, Any], label: str = "") -> tuple[dict[str, Any], list[str]]:
