@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import pretrain_flags
+from conftest import pretrain_flags, tiny_shards
 
 mlm = pytest.importorskip("ultracram.data.mlm")
 if not hasattr(mlm, "mlm_batch"):
@@ -32,17 +32,8 @@ BASE = dict(preset="crammed-bert-tiny", budget="2-steps", micro_batch_size=4, ba
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
     """Tiny shards (vocabulary 512, 32-token sequences) and a finished 2-step run on them."""
-    from ultracram.data.corpus import prepare_corpus
-    from ultracram.data.sample import read_sample_paragraphs
-    from ultracram.data.tokenizer import train_tokenizer
-
     d = tmp_path_factory.mktemp("bad-inputs")
-    paragraphs = read_sample_paragraphs()[:400]
-    train_tokenizer(paragraphs, vocab_size=512).save(str(d / "tokenizer.json"))
-    (d / "text.txt").write_text("\n\n".join(paragraphs))
-    prepare_corpus(
-        [d / "text.txt"], d / "shards", d / "tokenizer.json", seq_len=32, workers=0, max_token_ratio=1.0
-    )
+    tiny_shards(d, paragraphs=400)
     pretrain(PretrainConfig(**BASE, data=str(d / "shards"), out=str(d / "run")))
     return {"shards": d / "shards", "run": d / "run"}
 

@@ -39,6 +39,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import model_outputs, tiny_fff_model
 from ultracram.config import get_preset
 from ultracram.data.mlm import mask_tokens
 from ultracram.data.tokenizer import SPECIAL_TOKENS
@@ -271,27 +272,6 @@ def test_triton_training_is_bitwise_deterministic(depth, trees, tokens, hidden):
 
 
 # --------------------------------------------------------------------------- 3. whole models
-def tiny_fff_model(task, trees):
-    """ultrafastbert-tiny (H = 64, 2 layers, depth 5) with FFF weights larger than the init,
-    so outputs depend on routing and near-ties are rare."""
-    config = get_preset("ultrafastbert-tiny", fff_trees=trees)
-    torch.manual_seed(0)
-    model = build_model(config, task, num_labels=3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, FastFeedForward):
-                m.linear_in.weight.normal_(0, 0.3)
-                m.linear_in.bias.normal_(0, 0.3)
-                m.linear_out.weight.normal_(0, 0.3)
-    return model
-
-
-def model_outputs(model, task, ids, mask):
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask)
-    return out if task == "encoder" else out.logits  # (B, T, H) / (B, T, V) / (B, 3)
-
-
 def check_for_inference(task, trees, device, expect):
     """The masked model vs the same weights after ``for_inference(model, device)``: every FFF
     layer on ``expect``, outputs within 1e-5 of the largest magnitude."""

@@ -3,28 +3,10 @@
 import pytest
 import torch
 
+from conftest import model_outputs, tiny_fff_model
 from ultracram.config import get_preset
 from ultracram.model import FastFeedForward, build_model, for_inference
 from ultracram.model.dispatch import fff_implementations, resolve
-
-
-def tiny_fff_model(task, trees=1, depth=5):
-    config = get_preset("ultrafastbert-tiny").replace(fff_trees=trees, fff_depth=depth)
-    torch.manual_seed(0)
-    model = build_model(config, task=task, num_labels=3)
-    with torch.no_grad():  # weights larger than the init: outputs that depend on routing
-        for m in model.modules():
-            if isinstance(m, FastFeedForward):
-                m.linear_in.weight.normal_(0, 0.3)
-                m.linear_in.bias.normal_(0, 0.3)
-                m.linear_out.weight.normal_(0, 0.3)
-    return model
-
-
-def outputs(model, task, ids, mask):
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask)
-    return out if task == "encoder" else out.logits
 
 
 @pytest.mark.parametrize("task", ["mlm", "classification", "encoder"])
@@ -36,13 +18,13 @@ def test_for_inference_keeps_the_outputs(task, trees):
     mask = torch.ones_like(ids)
     mask[1, 30:] = 0
     model.eval()
-    before = outputs(model, task, ids, mask)
+    before = model_outputs(model, task, ids, mask)
     assert set(fff_implementations(model)) == {"masked"}
 
     same = for_inference(model)
     assert same is model and not model.training
     assert fff_implementations(model) == ["cpu"] * model_layers(model)
-    after = outputs(model, task, ids, mask)
+    after = model_outputs(model, task, ids, mask)
     scale = before.abs().max()
     assert (after - before).abs().max() <= 1e-5 * scale
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import pretrain_flags
+from conftest import pretrain_flags, tiny_shards
 from ultracram.config import ConfigError
 
 mlm = pytest.importorskip("ultracram.data.mlm")
@@ -32,18 +32,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """~400 sequences of 32 tokens, vocabulary 512, from the embedded Wikipedia sample."""
-    from ultracram.data.corpus import prepare_corpus
-    from ultracram.data.sample import read_sample_paragraphs
-    from ultracram.data.tokenizer import train_tokenizer
-
-    d = tmp_path_factory.mktemp("pretrain-data")
-    paragraphs = read_sample_paragraphs()[:1500]
-    train_tokenizer(paragraphs, vocab_size=512).save(str(d / "tokenizer.json"))
-    (d / "text.txt").write_text("\n\n".join(paragraphs))
-    prepare_corpus(
-        [d / "text.txt"], d / "shards", d / "tokenizer.json", seq_len=32, workers=0, max_token_ratio=1.0
-    )
-    return d / "shards"
+    return tiny_shards(tmp_path_factory.mktemp("pretrain-data"), paragraphs=1500)
 
 
 def _config(shards: Path, out: Path, **changes) -> PretrainConfig:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -194,17 +193,6 @@ def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     return instance
 
 
-def check(problems: list[str], where: str) -> None:
-    """Raise one SettingsError listing ``problems``, if there are any."""
-    if problems:
-        raise SettingsError(problems, where)
-
-
-def finite_problems(values: Mapping[str, Any]) -> list[str]:
-    """``name: must be finite`` for every float that is inf or nan."""
-    return [f"{k}: must be finite, got {v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
-
-
 def comma_list(value: str | Iterable[Any] | None, kind: type = str) -> list[Any] | None:
     """A command-line list: ``"cola,sst2"`` or ``[1, 2]`` -> a list of ``kind``; None stays None."""
     if value is None:
@@ -219,12 +207,10 @@ def comma_list(value: str | Iterable[Any] | None, kind: type = str) -> list[Any]
 __all__ = [
     "SettingsError",
     "build",
-    "check",
     "coerce",
     "coerce_fields",
     "comma_list",
     "describe",
-    "finite_problems",
     "suggest",
     "type_ok",
 ]

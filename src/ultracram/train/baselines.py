@@ -31,7 +31,6 @@ the recipe above, so reruns reuse them and a changed subsample recomputes them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -135,8 +134,10 @@ def compute_task_baselines(
 
 def split_digest(split: GlueSplit) -> str:
     """sha256 of a split's examples (texts and labels, in order): equal digests, same data."""
+    from ultracram.fileio import sha256_bytes  # torch: only here, so that tables can import this module
+
     payload = json.dumps([split.text_a, split.text_b, list(split.labels)], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return sha256_bytes(payload.encode("utf-8"))
 
 
 def baseline_identity(train: GlueSplit, devs: Sequence[GlueSplit]) -> dict[str, Any]:

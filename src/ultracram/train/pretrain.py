@@ -148,12 +148,7 @@ def pretrain(
         raise PretrainError("monitor_every is set but no monitor was given: pass "
                             "monitor=ultracram.doctor.monitors.Monitor (the CLI does)")  # fmt: skip
     fit_batch = config.batch_size is None  # from the recipe: fitted to the budget (train/plan.py)
-    config = resolve_recipe(config)
-    if resume and fit_batch:  # a resumed run keeps the batch its plan chose
-        stored = stored_settings(latest_state(Path(config.out) / "states") or Path(config.out), Path(config.out))
-        if stored and stored.get("batch_size"):
-            config = dataclasses.replace(config, batch_size=int(stored["batch_size"]))
-    previous = preflight(config, resume)
+    config, previous = preflight(resolve_recipe(config), resume, planned_batch=fit_batch)
     fabric = setup(config)
     return fabric.launch(main, config, resume, faults, monitor, previous, fit_batch and not resume)
 
@@ -163,12 +158,16 @@ def pretrain(
 RUN_OUTPUTS = ("states", "pretrain_config.json", "metrics.csv", "summary.json", "final", "diverged.txt")
 
 
-def preflight(config: PretrainConfig, resume: bool) -> dict[str, Any] | None:
+def preflight(
+    config: PretrainConfig, resume: bool, planned_batch: bool = False
+) -> tuple[PretrainConfig, dict[str, Any] | None]:
     """Every check that can be made before a file is written, so that bad input leaves the run
     directory as it was: ``--out`` usable, a new run not over an old one, ``--resume`` with the
     run's own settings (``RESUME_CHANGEABLE`` may differ), the shards readable, their sequences
     within the model's length and their token ids within the vocabulary. ``config`` has its
-    recipe resolved. Returns the settings stored with the run being resumed (None otherwise)."""
+    recipe resolved. Returns ``config`` (a resumed run whose batch the plan chose, when
+    ``planned_batch``, keeps that batch) and the settings stored with the run being resumed
+    (None otherwise)."""
     out = Path(config.out)
     _check_out_dir(out)
     states_dir = out / "states"
@@ -178,6 +177,8 @@ def preflight(config: PretrainConfig, resume: bool) -> dict[str, Any] | None:
         if newest is None:
             raise PretrainError(f"--resume: no training state in {states_dir}; start without --resume")
         previous = stored_settings(newest, out)
+        if planned_batch and previous and previous.get("batch_size"):
+            config = dataclasses.replace(config, batch_size=int(previous["batch_size"]))
         diffs = resume_differences(previous or {}, config)
         if diffs:
             raise PretrainError(
@@ -201,7 +202,7 @@ def preflight(config: PretrainConfig, resume: bool) -> dict[str, Any] | None:
     check_token_ids(shards)
     if has_validation(shards):
         check_token_ids(TokenShards(config.data, split="validation"))
-    return previous
+    return config, previous
 
 
 def _nonempty_dir(path: Path) -> bool:
