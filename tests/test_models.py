@@ -6,7 +6,7 @@ import torch
 from ultracram.config import PRESETS, get_preset
 from ultracram.model import build_model, flops_per_token, parameter_counts
 
-TINY = [name for name in PRESETS if name.endswith("-tiny")]
+TINY = [name for name in PRESETS if name.endswith(("-tiny", "-mini"))]
 
 
 def mlm_batch(config, batch=8, seq=64, generator=None):

@@ -282,3 +282,27 @@ def test_ctrl_c_leaves_a_state_and_one_line_that_resumes_it(shards, tmp_path, mo
     monkeypatch.setattr(module, "pretrain", real)
     assert cli.main(command[1:]) == 0  # the printed command continues the run to its budget
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["tokens"] >= 6000
+
+
+def test_initial_checkpoint_holds_the_weights_pretraining_starts_from(shards, tmp_path):
+    """The no-pretraining control: ``save_initial_checkpoint`` writes the weights of the run's
+    step-0 state (same preset, overrides, vocabulary and seed) with the shards' tokenizer."""
+    from ultracram.checkpoint import load_checkpoint
+    from ultracram.train.pretrain import save_initial_checkpoint
+    from ultracram.train.state import list_states, load_train_state, state_step
+
+    config = _config(shards, tmp_path / "run", budget="1-steps", keep_last=10, seed=3)
+    pretrain(config)
+    first = list_states(tmp_path / "run" / "states")[0]
+    assert state_step(first) == 0
+    step0 = load_train_state(first)["model"]
+    rng = torch.get_rng_state()
+    path = save_initial_checkpoint(config, tmp_path / "init")
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is untouched
+    init = load_checkpoint(path)
+    weights = init.state_dict()
+    assert step0.keys() <= weights.keys()
+    assert all(torch.equal(step0[k], weights[k]) for k in step0)
+    assert (tmp_path / "init" / "tokenizer.json").read_bytes() == (shards / "tokenizer.json").read_bytes()
+    other = load_checkpoint(save_initial_checkpoint(dataclasses.replace(config, seed=4), tmp_path / "init4"))
+    assert not all(torch.equal(v, weights[k]) for k, v in other.state_dict().items())  # the seed matters

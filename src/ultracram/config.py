@@ -235,6 +235,12 @@ _CRAMMED = dict(
 _TINY = dict(
     vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, pooler_size=64
 )
+# The mini shape (Turc et al. 2019's BERT-mini: 4 layers, hidden 256): about 16x the tiny's
+# compute per token, still trainable on a CPU in minutes; ultracram's CPU budget curve
+# (docs/budget.md) compares it with the tiny shape.
+_MINI = dict(
+    vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, pooler_size=256
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "bert-base": _BERT,
@@ -250,6 +256,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ultrafastbert-tiny": {**_CRAMMED, **_TINY, "ffn": "fff", "fff_trees": 1, "fff_depth": 5},
     "fnet-tiny": {**_CRAMMED, **_TINY, "mixer": "fourier"},
     "switch-tiny": {**_CRAMMED, **_TINY, "ffn": "moe", "moe_experts": 4, "intermediate_size": 128},
+    "bert-mini": {**_BERT, **_MINI, "max_seq_len": 128},
+    "crammed-bert-mini": {**_CRAMMED, **_MINI},
+    # depth 9: 1,023 neurons in the tree (about the dense 1,024), 10 of them used per token.
+    "ultrafastbert-mini": {**_CRAMMED, **_MINI, "ffn": "fff", "fff_trees": 1, "fff_depth": 9},
+    "fnet-mini": {**_CRAMMED, **_MINI, "mixer": "fourier"},
+    "switch-mini": {**_CRAMMED, **_MINI, "ffn": "moe", "moe_experts": 4, "intermediate_size": 512},
 }
 
 _FFF_NAME = re.compile(r"^ultrafastbert-(\d+)x(\d+)$")

@@ -393,6 +393,23 @@ def model_config_for(config: PretrainConfig, shards) -> ModelConfig:
     return model_config
 
 
+def save_initial_checkpoint(config: PretrainConfig, directory: str | Path) -> Path:
+    """The model ``pretrain(config)`` starts from (the preset with its overrides, the shards'
+    vocabulary, the same seed: the weights of its step-0 state) as a checkpoint with the
+    shards' tokenizer in ``directory``: the no-pretraining control that the study and the
+    budget curve fine-tune next to the pretrained model, to show what pretraining bought."""
+    if not config.data:
+        raise PretrainError("--data is required: a directory made by `ultracram data prepare`")
+    shards = TokenShards(config.data)
+    model_config = model_config_for(config, shards)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(config.seed)  # what fabric.seed_everything(config.seed) does for torch
+        model = build_model(model_config, "mlm")
+    extra = {"pretrain": {"preset": config.preset, "seed": config.seed, "steps": 0, "tokens": 0,
+                          "control": "no pretraining: the initial weights"}}  # fmt: skip
+    return save_checkpoint(model, directory, tokenizer_path=shards.tokenizer_path, extra=extra)
+
+
 class _MicroBatches:
     """The micro batches of one optimizer step, built on access (``engine.train_step`` takes any
     sequence): ``units`` are the data positions (``mlm_batch`` steps) of this rank's micro batches."""
@@ -746,6 +763,7 @@ __all__ = [
     "parse_budget",
     "preflight",
     "pretrain",
+    "save_initial_checkpoint",
     "setup",
     "validate",
     "validation_source",
