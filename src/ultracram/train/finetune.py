@@ -12,7 +12,13 @@ AdamW lr 4e-5 with betas (0.9, 0.98) and eps 1e-6, no weight decay, cosine sched
 warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler on [CLS].
 ``bert`` is BERT's original recipe (Devlin et al. 2019, sec. 4.1 and A.3): 3 epochs, batch 32,
 lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
-decay with 10% warmup, weight decay 0.01, pooler as wide as the model.
+decay with 10% warmup, weight decay 0.01, pooler as wide as the model. ``fit`` (the study's
+default) fits the learning rate to the model: per task and checkpoint, three runs over a grid
+scaled to the model's width (``finetune_settings.lr_grid``: 2e-4, 5e-4, 1e-3 at hidden 64)
+train on the training set less a held-out part (``holdout_split``: 10%, 100 to 2,000 examples)
+and are scored on that part; the best lr then trains on the whole training set and is scored
+on dev once (``select_lr``). The dev labels never enter the choice, so the dev score is not
+selected on (tests/test_finetune_fit.py shuffles them and gets the same choice).
 
 Each (checkpoint, task, seed) run shows its progress (``ultracram.progress``: a bar on a terminal,
 a plain line every 30 s in a log): steps, epoch, loss, examples/s and time left while training,
@@ -79,8 +85,11 @@ from ultracram.train.engine import (
     setup_fabric,
 )
 from ultracram.train.finetune_settings import (
+    SELECT_MAX_TRAIN,
     FinetuneError,
     FinetuneSettings,
+    holdout_size,
+    lr_grid,
     resolve_settings,
 )
 from ultracram.train.glue_table import glue_markdown
@@ -197,6 +206,10 @@ def lr_factor(step: int, total: int, s: FinetuneSettings) -> float:
 
 STATE_DIR = "states"
 RESULT_NAME = "result.json"
+
+
+class DivergedError(FinetuneError):
+    """A fine-tuning run reached a non-finite loss or gradient."""
 
 
 class _Interrupted(Exception):
@@ -375,7 +388,7 @@ def finetune_run(
             result = engine.train_step(fabric, model, optimizer, [batch], grad_clip=s.grad_clip,
                                 lr=s.lr * lr_factor(step, total, s))  # fmt: skip
             if not result.finite:
-                raise FinetuneError(f"{task.display} seed {seed}: non-finite loss or gradient at step {step} "
+                raise DivergedError(f"{task.display} seed {seed}: non-finite loss or gradient at step {step} "
                                     f"(loss {result.loss:.4g}); lower the lr (now {s.lr}) or set grad_clip")  # fmt: skip
             step += 1
             done_here += 1
@@ -606,6 +619,72 @@ def glue_average(task_results: dict[str, Any], include_wnli: bool = False) -> di
             "complete": not missing}  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------
+# The fitted protocol: the learning rate chosen on held-out training examples
+# --------------------------------------------------------------------------------------------
+
+HOLDOUT = "train-holdout"
+"""Split name of the held-out training examples (the metrics of the selection runs)."""
+SELECT_SEED = 0
+"""Seed of the selection runs (the chosen lr then serves every seed)."""
+
+
+def holdout_split(train: GlueSplit) -> tuple[GlueSplit, GlueSplit]:
+    """(the rest, the held-out part) of ``train``: ``holdout_size`` examples drawn with a fixed
+    generator (seed 1; ``subsample`` uses 0), the same on every rerun. The dev set is not read."""
+    held_n = holdout_size(len(train))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1)).tolist()
+    held = dataclasses.replace(train.subset(sorted(order[:held_n])), split=HOLDOUT)
+    return train.subset(sorted(order[held_n:])), held
+
+
+def selection_runs(
+    checkpoint: str | Path, train: GlueSplit, settings: FinetuneSettings, run_root: Path
+) -> list[tuple[Path, GlueSplit, GlueSplit, FinetuneSettings]]:
+    """The fitted protocol's runs for one checkpoint and task: (run dir, training part, held-out
+    part, settings) for each lr of ``lr_grid(the checkpoint's hidden size)``. Each trains on at
+    most ``SELECT_MAX_TRAIN`` of the examples not held out."""
+    rest, held = holdout_split(train)
+    rest = subsample(rest, SELECT_MAX_TRAIN)
+    hidden = read_checkpoint_config(checkpoint)["model"]["hidden_size"]
+    return [(run_root / f"lr-{lr:g}", rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)]
+
+
+def choose_lr(grid: Sequence[dict[str, Any]], centre: float) -> dict[str, Any]:
+    """The best of ``grid`` ([{lr, score}], score None for a diverged run): the highest score;
+    among equal scores the lr nearest ``centre`` (in log scale); a diverged run only if all did."""
+    return max(grid, key=lambda g: (g["score"] is not None, g["score"] or 0.0, -abs(math.log(g["lr"] / centre))))
+
+
+def select_lr(
+    checkpoint: str | Path, train: GlueSplit, settings: FinetuneSettings, run_root: Path, *, fabric, fff: str = "auto",
+    progress: bool = False, label: str = "", log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Choose the learning rate of ``checkpoint`` on ``train``'s task by the task's main metric
+    on held-out training examples (``selection_runs``, seed ``SELECT_SEED``); the dev set is
+    neither passed nor read, so its labels cannot influence the choice. Ties (a small held-out
+    set often scores every lr at the majority class) go to the lr nearest the grid's centre,
+    the width-scaled guess; a run that diverges scores below every other. Returns what the
+    results record: {metric, seed, holdout_examples, select_train_examples, grid: [{lr, score}],
+    chosen: {lr}}."""
+    metric = train.task.main_metric
+    runs = selection_runs(checkpoint, train, settings, run_root)
+    grid = []
+    for run_dir, rest, held, s in runs:
+        try:
+            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_dir, fabric=fabric, fff=fff,
+                             progress=progress, label=f"{label} lr {s.lr:g}")  # fmt: skip
+            grid.append({"lr": s.lr, "score": r["metrics"][HOLDOUT][metric]})
+        except DivergedError as e:
+            grid.append({"lr": s.lr, "score": None, "diverged": str(e)})
+    best = choose_lr(grid, centre=runs[len(runs) // 2][3].lr)
+    log(f"{label}: lr chosen on {len(runs[0][2])} held-out training examples ({metric}): "
+        + ", ".join(f"{g['lr']:g} -> " + ("diverged" if g["score"] is None else f"{g['score']:.4f}") for g in grid)
+        + f"; chosen {best['lr']:g}")  # fmt: skip
+    return {"metric": metric, "seed": SELECT_SEED, "holdout_examples": len(runs[0][2]),
+            "select_train_examples": len(runs[0][1]), "grid": grid, "chosen": {"lr": best["lr"]}}  # fmt: skip
+
+
 def run_glue(
     checkpoints: Sequence[str | Path],
     glue_dirs: Sequence[str | Path],
@@ -640,7 +719,11 @@ def run_glue(
     + logreg)", cached in ``out_dir/baselines/TASK.json``). Every score gets a 95% percentile
     bootstrap interval over the dev examples (for several seeds, that of the run nearest the
     median), and each checkpoint's main metric a paired bootstrap test against each baseline;
-    results.md says per column which checkpoints beat the bag of words and which are at chance."""
+    results.md says per column which checkpoints beat the bag of words and which are at chance.
+
+    ``protocol="fit"`` (or any task whose lr is left null) first chooses the lr per checkpoint and
+    task on held-out training examples (``select_lr``; runs in ``runs/LABEL/TASK/select/``), then
+    trains every seed with it; the task entry records the choice under ``selection``."""
     if not checkpoints:
         raise FinetuneError("no checkpoint given; pass --checkpoint DIR (several to compare)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -712,11 +795,16 @@ def run_glue(
         )
     # Every run directory that already holds a run must hold this one (same weights, settings):
     # refuse before any training rather than after some runs have finished.
+    # (With the fitted protocol the final runs' lr is not known yet: their selection runs are checked.)
     for ckpt, label in zip(checkpoints, labels, strict=True):
         for name, (train, devs) in data.items():
+            root = out / "runs" / label.replace("/", "__") / name
+            if settings[name].lr is None:
+                for run_dir, rest, held, s in selection_runs(ckpt, train, settings[name], root / "select"):
+                    check_run_dir(run_dir, run_identity(ckpt, rest, [held], s, SELECT_SEED), ckpt)
+                continue
             for seed in range(seeds):
-                run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
-                check_run_dir(run_dir, run_identity(ckpt, train, devs, settings[name], seed), ckpt)
+                check_run_dir(root / f"seed-{seed}", run_identity(ckpt, train, devs, settings[name], seed), ckpt)
 
     try:
         fabric = setup_fabric(dev.type, [dev.index] if dev.index is not None and devices == 1 else devices,
@@ -768,11 +856,17 @@ def run_glue(
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
         for name, (train, devs) in data.items():
+            root, task_settings, selection = out / "runs" / label.replace("/", "__") / name, settings[name], None
+            if task_settings.lr is None:  # the fitted protocol: choose the lr first, without the dev set
+                selection = select_lr(ckpt, train, task_settings, root / "select", fabric=fabric, fff=fff,
+                                      progress=progress and fabric.global_rank == 0,
+                                      label=f"{label} {TASKS[name].display} selection", log=log)  # fmt: skip
+                task_settings = dataclasses.replace(task_settings, lr=selection["chosen"]["lr"])
             per_seed = []
             for seed in range(seeds):
-                run_dir = out / "runs" / label.replace("/", "__") / name / f"seed-{seed}"
+                run_dir = root / f"seed-{seed}"
                 run_number += 1
-                r = finetune_run(ckpt, train, devs, settings[name], seed, run_dir, fabric=fabric, fff=fff,
+                r = finetune_run(ckpt, train, devs, task_settings, seed, run_dir, fabric=fabric, fff=fff,
                                  progress=progress and fabric.global_rank == 0,
                                  label=f"GLUE {run_number}/{n_runs} {label} {TASKS[name].display} seed {seed}")  # fmt: skip
                 per_seed.append(r)
@@ -786,6 +880,7 @@ def run_glue(
                 "available_examples": full_sizes[name],
                 "summary": summarize(per_seed),
                 "train_seconds": [r["train_seconds"] for r in per_seed],
+                **({"selection": selection} if selection else {}),
             }  # fmt: skip
             if name in computed:  # intervals, and the paired tests against the baselines
                 glue_baselines.add_statistics(entry["tasks"][name], per_seed, devs, computed[name], resamples)
@@ -850,7 +945,7 @@ def glue_command(
     tasks: str = "all",
     out: str = "out/glue",
     seeds: int = 1,
-    protocol: Literal["sane", "bert"] = "sane",
+    protocol: Literal["fit", "sane", "bert"] = "sane",
     finetune: FinetuneSettings = _UNSET,
     per_task: dict[str, dict[str, Any]] = _NO_TASK_SETTINGS,
     include_wnli: bool = False,
@@ -875,8 +970,9 @@ def glue_command(
         tasks: 'all' or a comma list, e.g. cola,sst2.
         out: output directory.
         seeds: seeds per task; the median is reported.
-        protocol: cramming's GLUE-sane or BERT's original recipe; it sets every fine-tuning
-            setting left at null.
+        protocol: cramming's GLUE-sane, BERT's original recipe, or fit (the learning rate
+            chosen per task and checkpoint on held-out training examples); it sets every
+            fine-tuning setting left at null.
         finetune: fine-tuning settings for every task (null: the protocol's).
         per_task: settings for one task, e.g. --per_task.rte.epochs 10 (keys as --finetune).
         include_wnli: count WNLI in the average.

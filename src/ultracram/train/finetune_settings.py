@@ -1,6 +1,7 @@
 """GLUE fine-tuning settings: ``FinetuneSettings`` (one run's hyperparameters), the protocols
-(cramming's GLUE-sane and BERT's), and how the settings for all tasks and the per-task ones
-are merged onto a protocol and checked (every unknown key, bad value and unknown task at once).
+(ultracram's fitted one, cramming's GLUE-sane and BERT's), the learning-rate grid of the fitted
+protocol, and how the settings for all tasks and the per-task ones are merged onto a protocol
+and checked (every unknown key, bad value and unknown task at once).
 
 On the command line (``ultracram glue``, ``ultracram study``): ``--protocol bert``,
 ``--finetune.lr 2e-5`` (every task), ``--per_task.rte.epochs 10`` (one task); in a config
@@ -33,21 +34,23 @@ class FinetuneSettings:
     protocol (``PROTOCOL_VALUES``)."""
 
     epochs: float | None = None
-    """Passes over the training set, fractions allowed (sane: 5, bert: 3)."""
+    """Passes over the training set, fractions allowed (fit: 5, sane: 5, bert: 3)."""
     batch_size: int | None = None
-    """Training examples per step (sane: 16, bert: 32)."""
+    """Training examples per step (fit: 16, sane: 16, bert: 32)."""
     lr: float | None = None
-    """Peak learning rate of AdamW (sane: 4e-5, bert: 2e-5)."""
+    """Peak learning rate of AdamW (fit: chosen per task and model from lr_grid on held-out
+    training examples; sane: 4e-5, bert: 2e-5)."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float | None = None
-    """AdamW beta2 (sane: 0.98, bert: 0.999)."""
+    """AdamW beta2 (fit: 0.98, sane: 0.98, bert: 0.999)."""
     eps: float = 1e-6
     """AdamW epsilon."""
     weight_decay: float | None = None
-    """Decoupled weight decay, never on biases and LayerNorm weights (sane: 0, bert: 0.01)."""
+    """Decoupled weight decay, never on biases and LayerNorm weights (fit: 0.01, sane: 0, bert: 0.01)."""
     schedule: Schedule | None = None
-    """Learning-rate decay after warmup: cosine or linear to 0, or constant (sane: cosine, bert: linear)."""
+    """Learning-rate decay after warmup: cosine or linear to 0, or constant (fit and sane: cosine,
+    bert: linear)."""
     warmup_fraction: float = 0.1
     """Fraction of the steps with linear warmup from 0."""
     max_length: int = 128
@@ -61,9 +64,9 @@ class FinetuneSettings:
     pooler: Literal["cls_tanh", "cls", "mean"] = "cls_tanh"
     """Pooling of the encoder output (dense+tanh on [CLS], raw [CLS], or the mean)."""
     pooler_size: int | None = None
-    """Width of the cls_tanh pooler; 0: the model's hidden size (sane: 1024, bert: 0)."""
+    """Width of the cls_tanh pooler; 0: the model's hidden size (fit: 0, sane: 1024, bert: 0)."""
     grad_clip: float | None = None
-    """Clip the gradient norm to this value; 0: no clipping (sane: 0, bert: 1)."""
+    """Clip the gradient norm to this value; 0: no clipping (fit: 1, sane: 0, bert: 1)."""
     max_train_examples: int | None = None
     """Use a fixed random subset of this many training examples (same for every seed)."""
     max_eval_examples: int | None = None
@@ -111,6 +114,12 @@ def _problems(v: dict[str, Any]) -> list[str]:
 
 # The values a protocol sets: every field that defaults to None.
 PROTOCOL_VALUES: dict[str, dict[str, Any]] = {
+    # ultracram's "fit": GLUE-sane's schedule with BERT's regularisation (weight decay, clipping,
+    # a pooler as wide as the model), and the learning rate left open (None): run_glue chooses it
+    # per task and checkpoint from lr_grid(hidden size) on held-out training examples. A fixed lr
+    # tuned for 110M-parameter models is far too small for hidden-64 models (issue 20).
+    "fit": dict(epochs=5.0, batch_size=16, lr=None, beta2=0.98, weight_decay=0.01, schedule="cosine",
+                pooler_size=0, grad_clip=1.0),
     # Geiping & Goldstein 2022, "GLUE-sane": one setting for every task.
     "sane": dict(epochs=5.0, batch_size=16, lr=4e-5, beta2=0.98, weight_decay=0.0, schedule="cosine",
                  pooler_size=1024, grad_clip=0.0),
@@ -119,7 +128,40 @@ PROTOCOL_VALUES: dict[str, dict[str, Any]] = {
                  pooler_size=0, grad_clip=1.0),
 }  # fmt: skip
 PROTOCOLS: dict[str, FinetuneSettings] = {name: FinetuneSettings(**v) for name, v in PROTOCOL_VALUES.items()}
-"""Each protocol's complete settings."""
+"""Each protocol's complete settings (the fit protocol's lr is None: chosen per task and model)."""
+
+# The fitted protocol's learning-rate grid: GLUE-sane's 4e-5 at BERT-base's width 768, scaled as
+# 1 / width (Adam's update size per weight is about the lr, and a layer's output change grows
+# with its fan-in, so the lr that moves a layer's output by the same amount shrinks as 1 / width;
+# muP's rule for hidden weights), rounded to the nearest step of a 1-2-5 ladder, with the steps
+# below and above it: hidden 64 -> 2e-4, 5e-4, 1e-3; 256 -> 5e-5, 1e-4, 2e-4; 768 -> 2e-5, 5e-5, 1e-4.
+LR_LADDER = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
+LR_REFERENCE = (4e-5, 768)
+"""(lr, hidden size) the grid is scaled from: GLUE-sane's learning rate for BERT-base."""
+
+HOLDOUT_FRACTION = 0.1
+"""Share of the training examples held out to choose the learning rate on (fit protocol)..."""
+HOLDOUT_MIN, HOLDOUT_MAX = 100, 2000
+"""...at least 100 examples (a quarter of the training set if that is less), at most 2,000."""
+SELECT_MAX_TRAIN = 8000
+"""The grid's runs train on at most this many of the remaining examples (a fixed random subset):
+choosing among a few learning rates needs a signal, not the whole of MNLI or QQP."""
+
+
+def lr_grid(hidden_size: int) -> tuple[float, ...]:
+    """The fitted protocol's learning rates for a model of width ``hidden_size`` (see LR_LADDER)."""
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+    lr, width = LR_REFERENCE
+    center = lr * width / hidden_size
+    i = min(range(len(LR_LADDER)), key=lambda k: abs(math.log(LR_LADDER[k] / center)))
+    i = min(max(i, 1), len(LR_LADDER) - 2)  # keep a step on either side
+    return LR_LADDER[i - 1 : i + 2]
+
+
+def holdout_size(n: int) -> int:
+    """Examples of a training set of ``n`` held out for the fitted protocol's selection."""
+    return min(HOLDOUT_MAX, max(round(HOLDOUT_FRACTION * n), min(HOLDOUT_MIN, n // 4)))
 
 
 def resolve_settings(

@@ -76,6 +76,12 @@ def glue_markdown(results: dict[str, Any]) -> str:
             f"Baselines, trained on the same training examples: {MAJORITY} = the most frequent training label "
             f"(STS-B: the mean score); {BOW} = TF-IDF of word 1-2-grams + logistic regression (STS-B: ridge)."
         )
+    chosen = [f"{e['label']}: " + ", ".join(f"{TASKS[t].display} {r['selection']['chosen']['lr']:g}"
+                                             for t, r in e["tasks"].items() if r.get("selection"))
+              for e in results["checkpoints"] if any(r.get("selection") for r in e["tasks"].values())]  # fmt: skip
+    if chosen:
+        foot.append("Learning rates chosen on held-out training examples (never on dev), from a grid scaled to "
+                    "the model's width: " + "; ".join(chosen) + ".")  # fmt: skip
     for e in results["checkpoints"]:
         a = e["average"]
         if not a["complete"]:

@@ -1,0 +1,128 @@
+"""The fitted fine-tuning protocol: a learning-rate grid scaled to the model's width, chosen on
+held-out training examples, never on the dev set whose score is reported."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ultracram.checkpoint import save_checkpoint
+from ultracram.config import get_preset
+from ultracram.data.glue import load_glue_tsv
+from ultracram.data.sample import sample_glue_dir
+from ultracram.data.tokenizer import train_tokenizer
+from ultracram.model import build_model
+from ultracram.train.finetune import HOLDOUT, choose_lr, holdout_split, run_glue
+from ultracram.train.finetune_settings import PROTOCOLS, holdout_size, lr_grid, resolve_settings
+
+
+def test_lr_grid_is_scaled_to_the_width():
+    assert lr_grid(64) == (2e-4, 5e-4, 1e-3)  # the tiny presets
+    assert lr_grid(256) == (5e-5, 1e-4, 2e-4)  # the mini presets
+    assert lr_grid(768) == (2e-5, 5e-5, 1e-4)  # BERT-base: around GLUE-sane's 4e-5
+    widths = [16, 32, 64, 128, 256, 512, 768, 1024, 4096]
+    centres = [lr_grid(w)[1] for w in widths]
+    assert centres == sorted(centres, reverse=True) and len(set(centres)) > 5
+    with pytest.raises(ValueError, match="hidden_size"):
+        lr_grid(0)
+
+
+def test_fit_protocol_leaves_only_the_lr_open():
+    fit = resolve_settings([get_task("sst2")], "fit")["sst2"]
+    assert fit.lr is None and fit.epochs == 5 and fit.pooler_size == 0
+    assert (
+        resolve_settings([get_task("sst2")], "fit", {"lr": 3e-4})["sst2"].lr == 3e-4
+    )  # a given lr: no selection
+    assert all(p.lr is not None for name, p in PROTOCOLS.items() if name != "fit")
+
+
+def get_task(name):
+    from ultracram.data.glue import TASKS
+
+    return TASKS[name]
+
+
+def test_holdout_is_a_fixed_disjoint_part_of_the_training_set():
+    train = load_glue_tsv("sst2", sample_glue_dir() / "SST-2" / "train.tsv")
+    rest, held = holdout_split(train)
+    assert len(held) == holdout_size(len(train)) == 200 and len(rest) + len(held) == len(train)
+    assert held.split == HOLDOUT and rest.split == "train"
+    pairs = {(t, y) for t, y in zip(train.text_a, train.labels, strict=True)}
+    assert {(t, y) for t, y in zip(held.text_a, held.labels, strict=True)} <= pairs
+    assert sorted(rest.text_a + held.text_a) == sorted(train.text_a)
+    assert holdout_split(train)[1].text_a == held.text_a  # the same on every rerun
+    assert [holdout_size(n) for n in (32, 400, 2000, 100_000)] == [8, 100, 200, 2000]
+
+
+def test_choice_prefers_the_best_score_then_the_centre_and_never_a_diverged_run():
+    grid = [{"lr": 2e-4, "score": 0.5}, {"lr": 5e-4, "score": 0.5}, {"lr": 1e-3, "score": 0.5}]
+    assert choose_lr(grid, 5e-4)["lr"] == 5e-4  # a tie goes to the width-scaled guess
+    grid[2]["score"] = 0.6
+    assert choose_lr(grid, 5e-4)["lr"] == 1e-3
+    grid[2]["score"] = None  # diverged
+    grid[0]["score"] = -0.2  # a negative correlation still beats a diverged run
+    assert choose_lr(grid, 1e-3)["lr"] == 5e-4
+    assert choose_lr([{"lr": 1e-3, "score": None}, {"lr": 1e-4, "score": -0.1}], 1e-3)["lr"] == 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-init crammed-bert-tiny (hidden 64) with a tokenizer trained on the sample SST-2."""
+    root = tmp_path_factory.mktemp("fit-ckpt")
+    train = load_glue_tsv("sst2", sample_glue_dir() / "SST-2" / "train.tsv")
+    tok = train_tokenizer(train.text_a, vocab_size=1000)
+    tok.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = build_model(get_preset("crammed-bert-tiny", vocab_size=tok.get_vocab_size()), "mlm")
+    return save_checkpoint(model, root / "tiny", tokenizer_path=root / "tokenizer.json")
+
+
+def _glue_with_shuffled_dev_labels(root: Path) -> Path:
+    """A copy of the sample SST-2 whose dev labels are permuted (the dev texts stay)."""
+    shutil.copytree(sample_glue_dir() / "SST-2", root / "SST-2")
+    dev = root / "SST-2" / "dev.tsv"
+    header, *rows = dev.read_text().splitlines()
+    labels = [r.rsplit("\t", 1)[1] for r in rows]
+    perm = np.random.default_rng(0).permutation(len(labels))
+    dev.write_text(
+        "\n".join([header, *(r.rsplit("\t", 1)[0] + "\t" + labels[i] for r, i in zip(rows, perm))]) + "\n"
+    )
+    return root
+
+
+def test_selection_never_reads_the_dev_labels(tiny_checkpoint, tmp_path):
+    """The same data with the dev labels shuffled gives exactly the same selection (grid scores
+    and choice); only the reported dev score changes. The selection runs hold no dev split."""
+    common = dict(tasks="sst2", protocol="fit", overrides={"epochs": 1, "max_train_examples": 160, "pooler": "mean"},
+                  log=lambda _: None, progress=False)  # fmt: skip
+    real = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], tmp_path / "real", **common)
+    shuffled_dir = _glue_with_shuffled_dev_labels(tmp_path / "shuffled-glue")
+    dev_labels = [
+        load_glue_tsv("sst2", d / "SST-2" / "dev.tsv").labels for d in (sample_glue_dir(), shuffled_dir)
+    ]
+    assert dev_labels[0] != dev_labels[1] and sorted(dev_labels[0]) == sorted(dev_labels[1])
+    shuffled = run_glue([f"m={tiny_checkpoint}"], [shuffled_dir], tmp_path / "shuffled", **common)
+    a, b = (r["checkpoints"][0]["tasks"]["sst2"] for r in (real, shuffled))
+    assert a["selection"] == b["selection"]
+    assert [g["lr"] for g in a["selection"]["grid"]] == list(lr_grid(64))
+    assert a["selection"]["holdout_examples"] == 40 and a["selection"]["select_train_examples"] == 120
+    assert all(0 <= g["score"] <= 1 for g in a["selection"]["grid"])
+    chosen = a["selection"]["chosen"]["lr"]
+    final, final_shuffled = (json.loads((tmp_path / d / "runs" / "m" / "sst2" / "seed-0" / "result.json").read_text())
+                             for d in ("real", "shuffled"))  # fmt: skip
+    assert final["weights_sha256"] == final_shuffled["weights_sha256"]  # training never saw the dev labels
+    assert final["settings"]["lr"] == chosen and final["train_examples"] == 160
+    for lr in lr_grid(64):
+        run = json.loads(
+            (tmp_path / "real" / "runs" / "m" / "sst2" / "select" / f"lr-{lr:g}" / "run.json").read_text()
+        )
+        assert run["dev_examples"] == {HOLDOUT: 40} and run["train_examples"] == 120
+    table = (tmp_path / "real" / "results.md").read_text()
+    assert "chosen on held-out training examples" in table and f"SST-2 {chosen:g}" in table
+    assert real["protocol"] == "fit"
+    # A rerun reuses every run, the selection's included.
+    again = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], tmp_path / "real", **common)
+    assert again["checkpoints"] == real["checkpoints"]
