@@ -13,8 +13,8 @@ warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler o
 ``bert`` is BERT's original recipe (Devlin et al. 2019, sec. 4.1 and A.3): 3 epochs, batch 32,
 lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
 decay with 10% warmup, weight decay 0.01, pooler as wide as the model. ``fit`` (the study's
-default) fits the learning rate to the model: per task and checkpoint, three runs over a grid
-scaled to the model's width (``finetune_settings.lr_grid``: 2e-4, 5e-4, 1e-3 at hidden 64)
+default) fits the learning rate to the model: per task and checkpoint, four runs over a grid
+scaled to the model's width (``finetune_settings.lr_grid``: 2e-4 to 2e-3 at hidden 64)
 train on the training set less a held-out part (``holdout_split``: 10%, 100 to 2,000 examples)
 and are scored on that part; the best lr then trains on the whole training set and is scored
 on dev once (``select_lr``). The dev labels never enter the choice, so the dev score is not
@@ -663,8 +663,8 @@ def select_lr(
     """Choose the learning rate of ``checkpoint`` on ``train``'s task by the task's main metric
     on held-out training examples (``selection_runs``, seed ``SELECT_SEED``); the dev set is
     neither passed nor read, so its labels cannot influence the choice. Ties (a small held-out
-    set often scores every lr at the majority class) go to the lr nearest the grid's centre,
-    the width-scaled guess; a run that diverges scores below every other. Returns what the
+    set often scores every lr at the majority class) go to the lr nearest the width-scaled
+    guess (the grid's second); a run that diverges scores below every other. Returns what the
     results record: {metric, seed, holdout_examples, select_train_examples, grid: [{lr, score}],
     chosen: {lr}}."""
     metric = train.task.main_metric
@@ -677,7 +677,7 @@ def select_lr(
             grid.append({"lr": s.lr, "score": r["metrics"][HOLDOUT][metric]})
         except DivergedError as e:
             grid.append({"lr": s.lr, "score": None, "diverged": str(e)})
-    best = choose_lr(grid, centre=runs[len(runs) // 2][3].lr)
+    best = choose_lr(grid, centre=runs[1][3].lr)  # the width-scaled guess (lr_grid)
     log(f"{label}: lr chosen on {len(runs[0][2])} held-out training examples ({metric}): "
         + ", ".join(f"{g['lr']:g} -> " + ("diverged" if g["score"] is None else f"{g['score']:.4f}") for g in grid)
         + f"; chosen {best['lr']:g}")  # fmt: skip
