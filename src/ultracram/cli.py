@@ -60,6 +60,8 @@ COMMANDS: dict[str, Any] = {
         "glue": ("ultracram.bench.glue:bench_glue", "minutes per GLUE task per model preset (fine-tuning + dev evaluation)"),
         "prepare": ("ultracram.bench.prepare:bench_prepare",
                     "corpus preparation: wall time, tokens/s, peak RSS, ratio to tokenizers' encode_batch"),
+        "budget": ("ultracram.bench.budget:bench_budget",
+                   "GLUE dev score and MLM validation loss vs CPU pretraining budget, with the baselines"),
     },
     "selfcheck": ("ultracram.selfcheck:run_selfcheck",
                   "check and measure every GPU path in one command (scripts/gpu_check.sh); --device cpu --tiny: dry run"),
