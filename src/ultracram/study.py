@@ -11,7 +11,8 @@ Layout of ``out_dir``::
     tokenizer/tokenizer.json  one tokenizer for every model
     shards/                   one set of token shards for every model
     models/<name>/pretrain/   the pretraining run (metrics.csv, final/ checkpoint, ...)
-    models/<name>/glue/       GLUE runs and results.json
+    models/<name>/init/       the weights pretraining starts from: the no-pretraining control
+    models/<name>/glue/       GLUE runs of both checkpoints, the baselines, results.json
     models/<name>/result.json what the report shows for this model
     report.md, report.html, figures/
 """
@@ -19,6 +20,7 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata as md
 import json
 import math
@@ -36,19 +38,27 @@ import torch.nn.functional as F
 
 from ultracram import __version__
 from ultracram.checkpoint import load_checkpoint
-from ultracram.config import ConfigError, get_preset
-from ultracram.data.corpus import TokenShards, find_text_files, iter_file_documents, prepare_corpus
+from ultracram.config import IGNORE_INDEX, ConfigError, get_preset
+from ultracram.data.corpus import (
+    TokenShards,
+    find_text_files,
+    has_validation,
+    iter_file_documents,
+    prepare_corpus,
+)
 from ultracram.data.glue import TASKS, eval_columns
+from ultracram.data.mlm import MASK_ID, PAD_ID, SPECIAL_IDS, mask_tokens
 from ultracram.data.sample import sample_corpus_path, sample_glue_dir
 from ultracram.data.tokenizer import save_tokenizer, train_tokenizer
 from ultracram.errors import RunMismatchError, UltracramError
 from ultracram.fileio import atomic_write_json, check_same_run
 from ultracram.kernels import fff_paths
 from ultracram.model import FastFeedForward, flops_per_token, for_inference, parameter_counts
+from ultracram.report.compare import DevSet, loss_interval, pooled_loss
 from ultracram.settings import SettingsError
 from ultracram.train.finetune_settings import FinetuneSettings
 from ultracram.train.metrics import read_metrics
-from ultracram.train.pretrain_config import PretrainConfig, parse_budget
+from ultracram.train.pretrain_config import PretrainConfig, parse_budget, resolve_recipe
 from ultracram.train.state import latest_state
 
 TINY_MODELS = ("bert-tiny", "crammed-bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
@@ -89,12 +99,16 @@ class StudySettings:
     pretrain: PretrainConfig = STUDY_PRETRAIN
     """Pretraining settings for every model, as ultracram pretrain takes them (preset, data and
     out are set by the study for each model)."""
-    protocol: Literal["sane", "bert"] = "sane"
-    """GLUE fine-tuning protocol: cramming's GLUE-sane or BERT's."""
+    protocol: Literal["fit", "sane", "bert"] = "fit"
+    """GLUE fine-tuning protocol: fit (the learning rate chosen per task and model on held-out
+    training examples), cramming's GLUE-sane or BERT's."""
     finetune: FinetuneSettings = FINETUNE_UNSET
     """Fine-tuning settings for every task, as ultracram glue takes them (null: the protocol's)."""
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Fine-tuning settings for one task, e.g. --per_task.rte.epochs 10."""
+    control: bool = True
+    """Also fine-tune each model's initial weights (no pretraining), to show what pretraining
+    bought: the row "<model> (no pretraining)" of the report."""
 
     def __post_init__(self) -> None:
         problems = [f"pretrain.{name}: set by the study for each model; leave it out (models: --models)"
@@ -158,7 +172,11 @@ def prepare_data(out: Path, settings: StudySettings, log: Callable[[str], None])
     shards = out / "shards"
     log("tokenising and packing the corpus into shards (resumed or skipped when already done)")
     prepare_corpus(
-        inputs, shards, tok_path, seq_len=settings.seq_len, max_token_ratio=settings.max_token_ratio,
+        inputs,
+        shards,
+        tok_path,
+        seq_len=settings.seq_len,
+        max_token_ratio=settings.max_token_ratio,
         show_progress=True,
     )
     return shards
@@ -184,7 +202,10 @@ def measure_speeds(models: dict[str, torch.nn.Module], seq_len: int, device: str
     model in a rotated order, so that a change in the machine's load hits every model alike.
     Per model: the median tokens/s, the slowest and fastest round; with the load average."""
     encoders = {name: for_inference(m.encoder.to(device), device) for name, m in models.items()}
-    inputs = {name: torch.randint(5, m.config.vocab_size, (batch, seq_len), device=device) for name, m in models.items()}
+    inputs = {
+        name: torch.randint(5, m.config.vocab_size, (batch, seq_len), device=device)
+        for name, m in models.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in models}
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     names = list(models)
@@ -246,24 +267,127 @@ def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[
     return usage
 
 
-def run_model(
-    out: Path, model: str, shards: Path, glue_dir: Path, settings: StudySettings, log
-) -> dict[str, Any]:
-    """Pretrain, fine-tune and measure one model; returns (and stores) its report row."""
-    from ultracram.train.finetune import run_glue  # Lightning: imported only when a study trains
+# The MLM validation loss of the report: every model is scored on the same sequences with the
+# same masks, so that the per-sequence losses pair up across models. Hence one masking rate for
+# all, BERT's 15% (cramming trains at 25%, so its loss here is not its training loss), and a
+# seed of its own: the masks are those of no training step.
+MLM_EVAL_SEQUENCES = 256
+MLM_EVAL_MASK_RATE = 0.15
+MLM_EVAL_SEED = 20_011
 
-    summary = _pretrain(out, model, shards, settings, log)
-    run = out / "models" / model / "pretrain"
-    log(f"{model}: GLUE fine-tuning ({settings.tasks})")
-    glue = run_glue([f"{model}={run / 'final'}"], [glue_dir], out / "models" / model / "glue", tasks=settings.tasks,
-                    seeds=settings.seeds, protocol=settings.protocol, overrides=settings.finetune,
-                    task_overrides=settings.per_task, log=log)  # fmt: skip
-    entry = glue["checkpoints"][0]
-    scores = {}  # paper column order, MNLI-m and MNLI-mm separately, main metric x100
+
+def control_label(model: str) -> str:
+    """The report's name of ``model``'s no-pretraining control."""
+    return f"{model} (no pretraining)"
+
+
+def _initial_checkpoint(out: Path, model: str, shards: Path, settings: StudySettings) -> Path:
+    """``models/<name>/init``: the weights ``model``'s pretraining starts from (same preset,
+    vocabulary and seed), written once (``save_initial_checkpoint`` writes atomically)."""
+    from ultracram.train.pretrain import save_initial_checkpoint  # Lightning: only when a study trains
+
+    init = out / "models" / model / "init"
+    if not (init / "config.json").is_file():
+        config = dataclasses.replace(
+            settings.pretrain, preset=model, data=str(shards), out=str(init.parent / "pretrain")
+        )
+        save_initial_checkpoint(resolve_recipe(config), init)
+    return init
+
+
+def mlm_eval_batch(
+    shards_dir: Path, sequences: int = MLM_EVAL_SEQUENCES
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The fixed masked sequences of the MLM validation loss: the first ``sequences`` rows of the
+    validation split (held-out documents), or without one the last rows of the training shards;
+    masked by ``mask_tokens`` (exact count, 80/10/10) from ``MLM_EVAL_SEED``. Returns
+    (input_ids, attention_mask, labels, each (n, T)) and a description of the source."""
+    if has_validation(shards_dir):
+        data, source = TokenShards(shards_dir, split="validation"), "validation split"
+        rows = np.arange(min(sequences, len(data)))
+    else:
+        data, source = TokenShards(shards_dir), "the last rows of the training shards: no validation split"
+        rows = np.arange(max(0, len(data) - sequences), len(data))
+    ids = torch.from_numpy(data.get_rows(rows))  # (n, T) int64
+    masked, labels = mask_tokens(ids, MLM_EVAL_MASK_RATE, mask_token_id=MASK_ID, vocab_size=data.vocab_size,
+                                 special_ids=SPECIAL_IDS, generator=torch.Generator().manual_seed(MLM_EVAL_SEED))  # fmt: skip
+    return {"input_ids": masked, "attention_mask": (ids != PAD_ID).long(), "labels": labels}, source
+
+
+@torch.inference_mode()
+def per_sequence_mlm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) summed cross-entropy over each sequence's masked tokens and (n,) their counts. The
+    head runs on the masked positions only (as sparse prediction does in training): dense
+    logits (n, T, V) would take 0.5 GB per 32 sequences at a 32k vocabulary."""
+    model = model.to(device).eval()
+    sums, counts = [], []
+    for start in range(0, len(batch["input_ids"]), batch_size):
+        ids, mask, labels = (batch[k][start : start + batch_size].to(device)
+                             for k in ("input_ids", "attention_mask", "labels"))  # fmt: skip
+        hidden = model.encoder(ids, mask)  # (B, T, H)
+        masked = labels != IGNORE_INDEX  # (B, T)
+        logits = model.mlm_head(hidden[masked]).float()  # (k, V)
+        loss = F.cross_entropy(logits, labels[masked], reduction="none")  # (k,)
+        row = masked.nonzero()[:, 0]  # (k,) the sequence of each masked token
+        sums.append(torch.zeros(len(ids), device=device).index_add_(0, row, loss).cpu())
+        counts.append(masked.sum(1).cpu())
+    return torch.cat(sums).double().numpy(), torch.cat(counts).numpy()
+
+
+def mlm_validation(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], source: str, device: str
+) -> dict[str, Any]:
+    """The MLM loss per masked token of ``model`` on ``batch`` (``mlm_eval_batch``) with its 95%
+    bootstrap interval over sequences, and the per-sequence sums and counts that the report
+    pairs across models (``inputs_sha256`` says whether two models saw the same inputs)."""
+    sums, counts = per_sequence_mlm_loss(model, batch, device)
+    low, high = loss_interval(sums, counts)
+    digest = hashlib.sha256(
+        batch["input_ids"].numpy().tobytes() + batch["labels"].numpy().tobytes()
+    ).hexdigest()
+    return {"loss": pooled_loss(counts, sums), "ci": [low, high], "source": source, "sequences": len(sums),
+            "masked_tokens": int(counts.sum()), "mask_rate": MLM_EVAL_MASK_RATE, "seed": MLM_EVAL_SEED,
+            "inputs_sha256": digest, "loss_sum": sums.tolist(), "count": counts.tolist()}  # fmt: skip
+
+
+def glue_fields(entry: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """What the report shows of one checkpoint's results.json entry: the median main metric x100
+    per column (paper order, MNLI-m and MNLI-mm separately), the average, and the entry itself
+    (intervals, per-seed values, tests against the baselines, the chosen lr)."""
+    scores = {}
     for c in eval_columns():
         r = entry["tasks"].get(c.task, {}).get("summary", {}).get(c.split)
         if r:
             scores[c.label] = 100 * r[TASKS[c.task].main_metric]["median"]
+    return {"glue": scores, "glue_average": entry["average"]["value"], "glue_average_covers": entry["average"]["covers"],
+            "glue_entry": entry, "protocol": protocol}  # fmt: skip
+
+
+def run_model(
+    out: Path, model: str, shards: Path, glue_dir: Path, settings: StudySettings, log
+) -> dict[str, Any]:
+    """Pretrain, fine-tune and measure one model (and its no-pretraining control, fine-tuned in
+    the same ``run_glue`` call: one results.json, one set of baselines); returns (and stores)
+    its report row, with the control's under ``control``."""
+    from ultracram.train.finetune import run_glue  # Lightning: imported only when a study trains
+
+    summary = _pretrain(out, model, shards, settings, log)
+    run = out / "models" / model / "pretrain"
+    checkpoints = {model: run / "final"}
+    if settings.control:
+        checkpoints[control_label(model)] = _initial_checkpoint(out, model, shards, settings)
+    with_control = " and its no-pretraining control" if settings.control else ""
+    log(f"{model}: GLUE fine-tuning ({settings.tasks}){with_control}")
+    glue = run_glue([f"{label}={path}" for label, path in checkpoints.items()], [glue_dir],
+                    out / "models" / model / "glue", tasks=settings.tasks, seeds=settings.seeds,
+                    protocol=settings.protocol, overrides=settings.finetune, task_overrides=settings.per_task,
+                    log=log)  # fmt: skip
+    entries = {e["label"]: e for e in glue["checkpoints"]}
+    log(f"{model}: MLM loss on {MLM_EVAL_SEQUENCES} fixed validation sequences")
+    batch, source = mlm_eval_batch(shards)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     mlm = load_checkpoint(run / "final")
     config = mlm.config
     rows = read_metrics(run / "metrics.csv")
@@ -271,11 +395,19 @@ def run_model(
         "model": model, "parameters": parameter_counts(mlm)["total"],
         "flops_per_token": flops_per_token(config, settings.seq_len)["total"],
         "tokens_seen": int(summary["tokens"]), "final_mlm_loss": float(summary["final_loss"]),
-        "glue": scores, "glue_average": entry["average"]["value"],
-        "glue_average_covers": entry["average"]["covers"],
+        **glue_fields(entries[model], settings.protocol),
+        "mlm_validation": mlm_validation(mlm, batch, source, device),
         "curve": [{"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows],
         "fff_usage": fff_usage(mlm.cpu(), shards),
     }  # fmt: skip
+    if settings.control:
+        label = control_label(model)
+        result["control"] = {
+            "model": label, "kind": "control", "control_of": model, "parameters": result["parameters"],
+            "flops_per_token": result["flops_per_token"], "tokens_seen": 0,
+            **glue_fields(entries[label], settings.protocol),
+            "mlm_validation": mlm_validation(load_checkpoint(checkpoints[label]), batch, source, device),
+        }  # fmt: skip
     atomic_write_json(out / "models" / model / "result.json", result)
     return result
 
@@ -334,7 +466,9 @@ def run_study(
         if after_model:
             after_model(m)
     log("measuring inference speed: every model in one interleaved block")
-    finals = {r["model"]: load_checkpoint(out / "models" / r["model"] / "pretrain" / "final") for r in results}
+    finals = {
+        r["model"]: load_checkpoint(out / "models" / r["model"] / "pretrain" / "final") for r in results
+    }
     speeds = {"cpu": measure_speeds(finals, s.seq_len, "cpu")}
     if torch.cuda.is_available():
         speeds["cuda"] = measure_speeds(finals, s.seq_len, "cuda")
@@ -342,18 +476,26 @@ def run_study(
     return _report(out, s, results, log, speeds=speeds)
 
 
-def _report(out: Path, s: StudySettings, results: list[dict[str, Any]], log, speeds: dict | None) -> tuple[Path, Path]:
-    """The report of the models finished so far; without ``speeds`` it is marked incomplete."""
+def _report(
+    out: Path, s: StudySettings, results: list[dict[str, Any]], log, speeds: dict | None
+) -> tuple[Path, Path]:
+    """The report of the models finished so far; without ``speeds`` it is marked incomplete.
+    Rows: each model then its control, then the baselines (from the first model's results.json:
+    every model's run_glue trained them on the same examples)."""
     from ultracram.report.study_report import ModelResult, write_report  # matplotlib: only when reporting
 
     rows = []
     for r in results:
         row = dict(r)
+        control = row.pop("control", None)
+        row.setdefault("protocol", s.protocol)  # result.json of older versions: the study's own protocol
         for device, key in (("cpu", "cpu_tokens_per_s"), ("cuda", "gpu_tokens_per_s")):
             speed = (speeds or {}).get(device, {}).get(r["model"])
             if speed:
                 row[key], row[key + "_range"] = speed["median"], [speed["slowest"], speed["fastest"]]
-        rows.append(row)
+        rows += [row, *([control] if control else [])]
+    glue = {r["model"]: _glue_results(out, r["model"]) for r in results}
+    rows += _baseline_rows(glue[results[0]["model"]]) if results else []
     covers = sorted({t for r in results for t in r["glue_average_covers"]})
     kind = {"time": "the same wall-clock time", "tokens": "the same number of tokens",
             "steps": "the same number of optimizer steps"}[parse_budget(s.pretrain.budget).kind]  # fmt: skip
@@ -361,9 +503,15 @@ def _report(out: Path, s: StudySettings, results: list[dict[str, Any]], log, spe
         *([f"INCOMPLETE: {len(results)} of {len(s.models)} models finished; this report is rewritten as the "
            "study goes on (speed is measured at the end)."] if speeds is None else []),
         f"Same tokenizer, shards and pretraining budget ({s.pretrain.budget}: {kind}) for every model; "
-        f"GLUE dev scores x100, median of {s.seeds} seed(s).",
+        f"GLUE dev scores x100, median of {s.seeds} seed(s), {s.protocol} fine-tuning protocol.",
+        *(["Each model's \"(no pretraining)\" row: its initial weights (the same preset, vocabulary and seed, "
+           "before any pretraining step) fine-tuned exactly like the pretrained model: what pretraining bought."]
+          if s.control else []),
         f"GLUE average over the tasks present: {', '.join(covers) or 'none'} (WNLI excluded) - not the full GLUE score."
         if covers else "No GLUE average.",
+        f"MLM validation loss: loss per masked token on the same {MLM_EVAL_SEQUENCES} sequences (at most) with the "
+        f"same masks for every model ({MLM_EVAL_MASK_RATE:.0%} masked, seed {MLM_EVAL_SEED}); the final MLM loss "
+        "is the training loss over the last 10% of steps.",
         "Inference throughput: encoder forward, batch 8 x sequence "
         f"{s.seq_len}, FFF layers on their fastest kernel (ultracram.model.for_inference); every model timed "
         "in one block of 7 interleaved rounds: the median, with the slowest and fastest round.",
@@ -371,9 +519,64 @@ def _report(out: Path, s: StudySettings, results: list[dict[str, Any]], log, spe
     ]  # fmt: skip
     meta = {"title": "ultracram comparison study", "notes": notes, "settings": json.loads(json.dumps(asdict(s))),
             "environment": environment()}  # fmt: skip
-    md, page = write_report(out, [ModelResult.from_dict(r) for r in rows], meta)
+    md, page = write_report(out, [ModelResult.from_dict(r) for r in rows], meta, dev_sets(out, glue, log))
     log(f"report{' (incomplete)' if speeds is None else ''}: {md} and {page} (open it in a browser)")
     return md, page
+
+
+def _glue_results(out: Path, model: str) -> dict[str, Any] | None:
+    """``models/<model>/glue/results.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((out / "models" / model / "glue" / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _baseline_rows(glue: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The majority and bag-of-words rows of a results.json (none in those of older versions)."""
+    return [{"model": b["label"], "kind": "baseline", "parameters": None, "flops_per_token": None,
+             **glue_fields(b, "fixed recipe")} for b in (glue or {}).get("baselines") or []]  # fmt: skip
+
+
+def dev_sets(out: Path, glue: dict[str, dict[str, Any] | None], log: Callable[[str], None]) -> list[DevSet]:
+    """Every model's and control's per-seed dev predictions (OUT/models/<model>/glue/runs/<label>/
+    <task>/seed-<k>/result.json) with the dev labels they were scored on (``load_split`` and
+    ``finetune.subsample``, as run_glue read them), for the report's pairwise tests. A column
+    whose labels cannot be read, and a run without predictions (older versions), is left out."""
+    from ultracram.data.glue import GlueDataError, load_split
+    from ultracram.train.finetune import subsample  # Lightning: the study has it loaded already
+
+    first = next((g for g in glue.values() if g and g.get("checkpoints")), None)
+    if first is None:
+        return []
+    present = {t for e in first["checkpoints"] for t in e["tasks"]}
+    sets = []
+    for c in (c for c in eval_columns() if c.task in present):
+        try:
+            dev = subsample(
+                load_split(c.task, c.split, first["glue_dirs"]),
+                first["settings"][c.task]["max_eval_examples"],
+            )
+        except (GlueDataError, OSError, KeyError) as e:
+            log(f"note: {c.label}: dev labels not readable ({e}); the report has no pairwise test on it")
+            continue
+        predictions = {}
+        for model, g in glue.items():
+            for e in (g or {}).get("checkpoints", []):
+                runs = out / "models" / model / "glue" / "runs" / e["label"].replace("/", "__") / c.task
+                preds = [_run_predictions(runs / f"seed-{k}" / "result.json", c.split) for k in g["seeds"]]
+                if preds and all(p is not None and len(p) == len(dev) for p in preds):
+                    predictions[e["label"]] = [np.asarray(p) for p in preds]
+        sets.append(DevSet(c.label, c.task, TASKS[c.task].main_metric, np.asarray(dev.labels), predictions))
+    return sets
+
+
+def _run_predictions(path: Path, split: str) -> list | None:
+    """A fine-tuning run's dev predictions on ``split`` (None without them)."""
+    try:
+        return (json.loads(path.read_text()).get("predictions") or {}).get(split)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_notes(speeds: dict | None) -> list[str]:
