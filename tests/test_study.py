@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from ultracram.checkpoint import load_checkpoint
-from ultracram.study import STUDY_PRETRAIN, StudyError, StudySettings, mlm_eval_batch, run_study
+from ultracram.study import STUDY_PRETRAIN, StudyError, StudySettings, run_study
 from ultracram.train.baselines import BOW, MAJORITY
 from ultracram.train.finetune_settings import FinetuneSettings
+from ultracram.train.mlm_eval import mlm_eval_batch
 
 # protocol "sane": one run per task (the default, "fit", first runs a learning-rate grid).
 SMALL = StudySettings(

@@ -20,7 +20,6 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata as md
 import json
 import math
@@ -38,26 +37,31 @@ import torch.nn.functional as F
 
 from ultracram import __version__
 from ultracram.checkpoint import load_checkpoint
-from ultracram.config import IGNORE_INDEX, ConfigError, get_preset
+from ultracram.config import ConfigError, get_preset
 from ultracram.data.corpus import (
     TokenShards,
     find_text_files,
-    has_validation,
     iter_file_documents,
     prepare_corpus,
 )
 from ultracram.data.glue import TASKS, eval_columns
-from ultracram.data.mlm import MASK_ID, PAD_ID, SPECIAL_IDS, mask_tokens
 from ultracram.data.sample import sample_corpus_path, sample_glue_dir
 from ultracram.data.tokenizer import save_tokenizer, train_tokenizer
 from ultracram.errors import RunMismatchError, UltracramError
 from ultracram.fileio import atomic_write_json, check_same_run
 from ultracram.kernels import fff_paths
 from ultracram.model import FastFeedForward, flops_per_token, for_inference, parameter_counts
-from ultracram.report.compare import DevSet, loss_interval, pooled_loss
+from ultracram.report.compare import DevSet
 from ultracram.settings import SettingsError
 from ultracram.train.finetune_settings import FinetuneSettings
 from ultracram.train.metrics import read_metrics
+from ultracram.train.mlm_eval import (
+    MLM_EVAL_MASK_RATE,
+    MLM_EVAL_SEED,
+    MLM_EVAL_SEQUENCES,
+    mlm_eval_batch,
+    mlm_validation,
+)
 from ultracram.train.pretrain_config import PretrainConfig, parse_budget, resolve_recipe
 from ultracram.train.state import latest_state
 
@@ -267,13 +271,6 @@ def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[
     return usage
 
 
-# The MLM validation loss of the report: every model is scored on the same sequences with the
-# same masks, so that the per-sequence losses pair up across models. Hence one masking rate for
-# all, BERT's 15% (cramming trains at 25%, so its loss here is not its training loss), and a
-# seed of its own: the masks are those of no training step.
-MLM_EVAL_SEQUENCES = 256
-MLM_EVAL_MASK_RATE = 0.15
-MLM_EVAL_SEED = 20_011
 
 
 def control_label(model: str) -> str:
@@ -293,63 +290,6 @@ def _initial_checkpoint(out: Path, model: str, shards: Path, settings: StudySett
         )
         save_initial_checkpoint(resolve_recipe(config), init)
     return init
-
-
-def mlm_eval_batch(
-    shards_dir: Path, sequences: int = MLM_EVAL_SEQUENCES
-) -> tuple[dict[str, torch.Tensor], str]:
-    """The fixed masked sequences of the MLM validation loss: the first ``sequences`` rows of the
-    validation split (held-out documents), or without one the last rows of the training shards;
-    masked by ``mask_tokens`` (exact count, 80/10/10) from ``MLM_EVAL_SEED``. Returns
-    (input_ids, attention_mask, labels, each (n, T)) and a description of the source."""
-    if has_validation(shards_dir):
-        data, source = TokenShards(shards_dir, split="validation"), "validation split"
-        rows = np.arange(min(sequences, len(data)))
-    else:
-        data, source = TokenShards(shards_dir), "the last rows of the training shards: no validation split"
-        rows = np.arange(max(0, len(data) - sequences), len(data))
-    ids = torch.from_numpy(data.get_rows(rows))  # (n, T) int64
-    masked, labels = mask_tokens(ids, MLM_EVAL_MASK_RATE, mask_token_id=MASK_ID, vocab_size=data.vocab_size,
-                                 special_ids=SPECIAL_IDS, generator=torch.Generator().manual_seed(MLM_EVAL_SEED))  # fmt: skip
-    return {"input_ids": masked, "attention_mask": (ids != PAD_ID).long(), "labels": labels}, source
-
-
-@torch.inference_mode()
-def per_sequence_mlm_loss(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str, batch_size: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) summed cross-entropy over each sequence's masked tokens and (n,) their counts. The
-    head runs on the masked positions only (as sparse prediction does in training): dense
-    logits (n, T, V) would take 0.5 GB per 32 sequences at a 32k vocabulary."""
-    model = model.to(device).eval()
-    sums, counts = [], []
-    for start in range(0, len(batch["input_ids"]), batch_size):
-        ids, mask, labels = (batch[k][start : start + batch_size].to(device)
-                             for k in ("input_ids", "attention_mask", "labels"))  # fmt: skip
-        hidden = model.encoder(ids, mask)  # (B, T, H)
-        masked = labels != IGNORE_INDEX  # (B, T)
-        logits = model.mlm_head(hidden[masked]).float()  # (k, V)
-        loss = F.cross_entropy(logits, labels[masked], reduction="none")  # (k,)
-        row = masked.nonzero()[:, 0]  # (k,) the sequence of each masked token
-        sums.append(torch.zeros(len(ids), device=device).index_add_(0, row, loss).cpu())
-        counts.append(masked.sum(1).cpu())
-    return torch.cat(sums).double().numpy(), torch.cat(counts).numpy()
-
-
-def mlm_validation(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], source: str, device: str
-) -> dict[str, Any]:
-    """The MLM loss per masked token of ``model`` on ``batch`` (``mlm_eval_batch``) with its 95%
-    bootstrap interval over sequences, and the per-sequence sums and counts that the report
-    pairs across models (``inputs_sha256`` says whether two models saw the same inputs)."""
-    sums, counts = per_sequence_mlm_loss(model, batch, device)
-    low, high = loss_interval(sums, counts)
-    digest = hashlib.sha256(
-        batch["input_ids"].numpy().tobytes() + batch["labels"].numpy().tobytes()
-    ).hexdigest()
-    return {"loss": pooled_loss(counts, sums), "ci": [low, high], "source": source, "sequences": len(sums),
-            "masked_tokens": int(counts.sum()), "mask_rate": MLM_EVAL_MASK_RATE, "seed": MLM_EVAL_SEED,
-            "inputs_sha256": digest, "loss_sum": sums.tolist(), "count": counts.tolist()}  # fmt: skip
 
 
 def glue_fields(entry: dict[str, Any], protocol: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ budget is its own pretraining run from scratch, because the learning-rate schedu
 ramp follow the budget (a 60-minute run is not a 30-minute run continued). Each cell's
 checkpoint is fine-tuned with ``run_glue`` (the same train and dev examples for every cell, so
 the baselines and the paired tests are the same), and its MLM loss is measured by one function
-(``mlm_validation_loss``) on the same held-out sequences with the same masks for every cell.
+(``ultracram.train.mlm_eval``, as the study's) on the same held-out sequences with the same masks
+for every cell, with its interval.
 
 Layout of ``out``::
 
@@ -53,11 +54,6 @@ from ultracram.train.state import latest_state
 
 NO_PRETRAINING = "0"
 FINETUNE_UNSET = FinetuneSettings()  # the protocol decides
-# The MLM validation loss scores every cell on the same rows with the same masks: a fixed seed (the
-# one pretraining's own validation uses on a validation split, ``pretrain.validate``) and one mask
-# rate for every preset, BERT's 15% (crammed presets train at 25%, so it is not their training loss).
-VAL_SEED = 10_007
-VAL_MASK_RATE = 0.15
 SETTINGS_NAME = "settings.json"
 RESULT_NAME = "result.json"
 
@@ -213,42 +209,17 @@ def _identity(s: BudgetSettings, vocab: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def mlm_validation_loss(checkpoint: str | Path, shards_dir: str | Path, sequences: int = 256,
-                        batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
-    """MLM loss per masked token of an MLM checkpoint on ``sequences`` fixed sequences with
-    fixed masks: the shards' validation split when they have one (held-out documents), else the
-    training shards (then it measures the training distribution, not generalisation). Rows and
-    masks come from ``mlm_batch`` with ``VAL_SEED`` at ``VAL_MASK_RATE`` whatever the preset's
-    own rate, so every checkpoint on the same shards is scored on the same tokens. Returns the
-    loss, what it was measured on, the sequences and masked tokens used, and the mask rate."""
-    import torch
-    import torch.nn.functional as F
-
+def mlm_validation_loss(
+    checkpoint: str | Path, shards_dir: str | Path, sequences: int, device: str
+) -> dict[str, Any]:
+    """The cell's MLM validation loss with its interval (``ultracram.train.mlm_eval``: the same
+    sequences and masks for every cell, and for the study), without the per-sequence values."""
     from ultracram.checkpoint import load_checkpoint
-    from ultracram.config import IGNORE_INDEX
-    from ultracram.data.corpus import TokenShards, has_validation
-    from ultracram.data.mlm import mlm_batch
+    from ultracram.train.mlm_eval import mlm_eval_batch, mlm_validation
 
-    held_out = has_validation(shards_dir)
-    data = TokenShards(shards_dir, split="validation" if held_out else "train")
-    model = load_checkpoint(checkpoint).eval()
-    n = min(sequences, len(data))
-    batch = min(batch_size, n)
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        # steps 0, 1, ... of one seeded permutation: distinct rows while n <= len(data)
-        for step in range(n // batch):
-            b = mlm_batch(data, step=step, batch_size=batch, seed=VAL_SEED, mask_rate=VAL_MASK_RATE)
-            hidden = model.encoder(b["input_ids"], b["attention_mask"])  # (B, T, H)
-            # The head on the masked positions only, not through the model's sparse head: that
-            # keeps the preset's own mask-rate count of positions, this rate may differ.
-            masked = b["labels"] != IGNORE_INDEX  # (B, T)
-            logits = model.mlm_head(hidden[masked]).float()  # (k, V)
-            total += float(F.cross_entropy(logits, b["labels"][masked], reduction="sum"))
-            count += int(masked.sum())
-    source = "validation split" if held_out else "training shards (no validation split)"
-    return {"loss": total / max(count, 1), "source": source, "sequences": n // batch * batch,
-            "masked_tokens": count, "mask_rate": VAL_MASK_RATE, "seed": VAL_SEED}  # fmt: skip
+    batch, source = mlm_eval_batch(Path(shards_dir), sequences)
+    m = mlm_validation(load_checkpoint(checkpoint), batch, source, device)
+    return {k: v for k, v in m.items() if k not in ("loss_sum", "count")}
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -346,7 +317,7 @@ def run_cell(out: Path, preset: str, budget: str, shards: Path, glue_dir: str, s
     cell = out / preset / cell_name(budget)
     checkpoint, pretraining = _checkpoint(cell, preset, budget, shards, s, log)
     log("measuring the MLM validation loss")
-    mlm = mlm_validation_loss(checkpoint, shards, s.val_sequences)
+    mlm = mlm_validation_loss(checkpoint, shards, s.val_sequences, s.device)
     task = get_task(s.task).name
     log(f"GLUE {TASKS[task].display} fine-tuning ({s.protocol}, {s.seeds} seed(s))")
     results = run_glue([f"{preset}@{cell_name(budget)}={checkpoint}"], [glue_dir], cell / "glue", tasks=task,
@@ -455,6 +426,12 @@ def _score(score: float | None, ci: list | None) -> str:
     return _pct(score) + (f" ({_pct(ci[0])}-{_pct(ci[1])})" if ci and None not in ci else "")
 
 
+def _loss(m: dict[str, Any]) -> str:
+    """``6.412 [6.371, 6.455]``: the MLM loss and its 95% interval over sequences."""
+    ci = m.get("ci")
+    return f"{m['loss']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _p(p: float | None) -> str:
     return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
@@ -489,7 +466,7 @@ def budget_markdown(report: dict[str, Any]) -> str:
         status = "" if p.get("status") in ("ok", "no pretraining") else f" ({p.get('status')})"
         lines.append(
             f"| {c['preset']} | {c['name']}{' *' if busy(c) else ''}{status} | {p['steps']:,} | {p['tokens']:,} "
-            f"| {p['elapsed_s'] / 60:.1f} | {c['mlm_val']['loss']:.3f} | {_score(g['score'], g['ci'])} | {diff} "
+            f"| {p['elapsed_s'] / 60:.1f} | {_loss(c['mlm_val'])} | {_score(g['score'], g['ci'])} | {diff} "
             f"| {_p(vs.get('p_value'))} | {'-' if others is None else f'{others:.1f}'} |"
         )
     for label in (MAJORITY, BOW):
@@ -508,7 +485,8 @@ def budget_markdown(report: dict[str, Any]) -> str:
             "not corrected for multiple comparisons.",
             f"- Val MLM loss: loss per masked token of every cell's checkpoint on the same {m['sequences']} "
             f"sequences of the {m['source']} with the same masks ({m['mask_rate']:.0%} masked, seed "
-            f"{m['seed']}); ln V = {report['ln_vocab']:.2f} is a uniform guess.",
+            f"{m['seed']}), with its 95% bootstrap interval over sequences; ln V = {report['ln_vocab']:.2f} is a "
+            "uniform guess.",
         ]  # fmt: skip
     lines += [
         f"- Pretraining: batch {s['batch_size'] or 'from the recipe'}, micro batch {s['micro_batch_size']}, "
@@ -557,7 +535,13 @@ def plot_budget(report: dict[str, Any], path: Path) -> None:
                [100 * (c["glue"]["ci"][1] - c["glue"]["score"]) if c["glue"]["ci"] and None not in c["glue"]["ci"]
                 else 0.0 for c in cells]]  # fmt: skip
         left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=preset)
-        right.plot(x, [c["mlm_val"]["loss"] for c in cells], marker="o", label=preset)
+        loss = [c["mlm_val"]["loss"] for c in cells]
+        ci = [
+            c["mlm_val"].get("ci") or [v, v] for c, v in zip(cells, loss, strict=True)
+        ]  # 95%, over sequences
+        right.errorbar(x, loss, yerr=[[v - lo for v, (lo, _) in zip(loss, ci, strict=True)],
+                                      [hi - v for v, (_, hi) in zip(loss, ci, strict=True)]],
+                       marker="o", capsize=3, label=preset)  # fmt: skip
     for label, style, color in ((BOW, "--", "dimgray"), (MAJORITY, ":", "firebrick")):
         b = report["baselines"].get(label)
         if b:
