@@ -44,10 +44,13 @@ def test_summary_is_the_median_with_the_slowest_and_fastest_round():
 
 
 def test_a_busy_machine_gives_a_warning(monkeypatch):
+    """Without /proc/stat: the load average decides."""
     monkeypatch.setattr(timing, "machine_cores", lambda: 8)
+    monkeypatch.setattr(timing, "cpu_seconds", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     quiet = machine_load()
-    assert quiet == {"load_average": [1.0, 1.0, 1.0], "cores": 8}
+    assert {k: quiet[k] for k in ("load_average", "cores", "cpu")} == {"load_average": [1.0, 1.0, 1.0], "cores": 8,
+                                                                        "cpu": None}  # fmt: skip
     assert busy_warning(quiet, quiet) is None
     monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 2.0, 1.0))  # over half of 8 cores
     busy = machine_load()
@@ -58,6 +61,24 @@ def test_a_busy_machine_gives_a_warning(monkeypatch):
     assert report["before"] == [1.0, 1.0, 1.0] and report["after"] == [4.5, 2.0, 1.0]
     assert load_report(quiet, quiet)["warning"] is None
     assert busy_warning({"load_average": None, "cores": 8}, {"load_average": None, "cores": 8}) is None
+
+
+def test_other_processes_decide_not_our_own_threads(monkeypatch):
+    """With /proc/stat: the cores other processes kept busy decide, so a benchmark's own threads
+    (a load average of 4.5 on 8 cores) give no warning, and other work over half the cores does."""
+    monkeypatch.setattr(timing, "machine_cores", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 2.0, 1.0))
+    readings = iter([(100.0, 10.0), (140.0, 48.0), (140.0, 48.0), (190.0, 50.0)])  # (machine, this process) CPU s
+    clock = iter([0.0, 10.0, 10.0, 20.0])
+    monkeypatch.setattr(timing, "cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    a, b, c, d = (machine_load() for _ in range(4))
+    assert timing.other_cores(a, b) == pytest.approx(0.2)  # 40 s busy, 38 of them ours, over 10 s
+    assert busy_warning(a, b) is None
+    assert timing.other_cores(c, d) == pytest.approx(4.8)  # 50 s busy, 2 ours
+    warning = busy_warning(c, d)
+    assert warning and "other processes kept 4.8 of 8 cores busy" in warning
+    assert load_report(c, d)["other_cores"] == pytest.approx(4.8)
 
 
 def test_bench_train_reports_medians_of_interleaved_rounds(tmp_path, monkeypatch, capsys):
@@ -74,6 +95,7 @@ def test_bench_train_reports_medians_of_interleaved_rounds(tmp_path, monkeypatch
     monkeypatch.setattr(train, "_time_steps", recording)
     monkeypatch.setattr(timing, "machine_cores", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # busy: the warning appears
+    monkeypatch.setattr(timing, "cpu_seconds", lambda: None)  # (the load average decides)
     report = train.bench_train(["crammed-bert-tiny", "ultrafastbert-tiny"], steps=1, warmup=1, rounds=2,
                                batch_size=2, seq_len=16, device="cpu", fff_paths="masked,conditional",
                                out=tmp_path / "train.json")  # fmt: skip

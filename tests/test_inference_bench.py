@@ -23,7 +23,7 @@ def test_bench_ffn_checks_outputs_and_writes_json_and_plot(tmp_path):
         cpu = next(r for r in saved["results"] if r["path"] == "cpu" and r["tokens"] == row["tokens"])
         assert abs(row["cpu_vs_dense"] - dense["min_s"] / cpu["min_s"]) < 1e-9
     assert (tmp_path / "ffn.png").read_bytes()[:4] == b"\x89PNG"
-    assert set(saved["load"]) == {"before", "after", "cores", "busy", "warning"}
+    assert set(saved["load"]) == {"before", "after", "cores", "other_cores", "busy", "warning"}
 
 
 def test_bench_model_on_tiny_presets(tmp_path):

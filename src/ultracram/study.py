@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ultracram import __version__
+from ultracram.bench.timing import load_report, machine_load
 from ultracram.checkpoint import load_checkpoint
 from ultracram.config import ConfigError, get_preset
 from ultracram.data.corpus import (
@@ -212,7 +213,7 @@ def measure_speeds(models: dict[str, torch.nn.Module], seq_len: int, device: str
         for name, m in models.items()
     }
     times: dict[str, list[float]] = {name: [] for name in models}
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    load_before = machine_load()
     names = list(models)
     with torch.inference_mode():
         for name in names:  # warm-up: kernels compile, caches fill
@@ -227,10 +228,10 @@ def measure_speeds(models: dict[str, torch.nn.Module], seq_len: int, device: str
                 if device == "cuda":  # the time covers the queued GPU work
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    load = load_report(load_before, machine_load())
     tokens = batch * seq_len
     return {name: {"median": tokens / float(np.median(t)), "slowest": tokens / max(t), "fastest": tokens / min(t),
-                   "rounds": rounds, "load_before": load_before, "load_after": load_after}
+                   "rounds": rounds, "load": load}
             for name, t in times.items()}  # fmt: skip
 
 
@@ -521,13 +522,18 @@ def _run_predictions(path: Path, split: str) -> list | None:
 
 
 def _load_notes(speeds: dict | None) -> list[str]:
-    """The load average around the timing, and a warning when the machine was busy."""
+    """The machine's load around the timing (``bench.timing.load_report``), and its warning when
+    other processes kept more than half the cores busy."""
     cpu = next(iter((speeds or {}).get("cpu", {}).values()), None)
-    if not cpu:
+    if not cpu or "load" not in cpu:
         return []
-    load = max(cpu["load_before"], cpu["load_after"])
-    note = f"Load average during the timing: {cpu['load_before']:.2f} before, {cpu['load_after']:.2f} after."
-    if load > 0.5 * (os.cpu_count() or 1):
+    load = cpu["load"]
+    before, after = ("?" if not v else f"{v[0]:.2f}" for v in (load["before"], load["after"]))  # 1-minute
+    note = f"Load average during the timing: {before} before, {after} after"
+    if load.get("other_cores") is not None:
+        note += f"; other processes kept {load['other_cores']:.2f} of {load['cores']} cores busy"
+    note += "."
+    if load["warning"]:
         note += (" WARNING: the machine was busy; the speed columns are less reliable (the ratios between "
                  "models less so, as the rounds interleave them).")  # fmt: skip
     return [note]

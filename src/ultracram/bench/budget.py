@@ -28,15 +28,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ultracram.bench.timing import machine_cores, machine_load
+from ultracram.bench.timing import machine_cores, machine_load, other_cores
 from ultracram.config import ConfigError, get_preset
 from ultracram.data.glue import TASKS, GlueDataError, find_split, get_task, hub_source
 from ultracram.errors import RunMismatchError, UltracramError
@@ -222,29 +220,6 @@ def mlm_validation_loss(
     return {k: v for k, v in m.items() if k not in ("loss_sum", "count")}
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process) now, from Linux's
-    /proc/stat; None where it cannot be read. Their growth over a pretraining run, minus this
-    process's, is the CPU other work took from it."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-    if fields[0] != "cpu" or len(fields) < 9:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / ticks, time.process_time()
-
-
-def _other_cores(start: tuple[float, float] | None, wall_s: float) -> float | None:
-    """Cores busy with other processes, on average, since ``start`` (``_cpu_seconds``)."""
-    end = _cpu_seconds()
-    if start is None or end is None or wall_s <= 0:
-        return None
-    return max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / wall_s
-
-
 # --------------------------------------------------------------------------------------------
 # One cell: a preset and a budget
 # --------------------------------------------------------------------------------------------
@@ -275,11 +250,11 @@ def _checkpoint(
 
         resume = latest_state(run / "states") is not None
         log(f"{'resuming' if resume else 'starting'} pretraining ({budget} on {s.device})")
-        before, cpu, t0 = machine_load(), _cpu_seconds(), time.perf_counter()
+        before = machine_load()
         summary = pretrain(dataclasses.replace(base, out=str(run), budget=budget), resume=resume)
-        wall = time.perf_counter() - t0
-        load = {"before": before["load_average"], "after": machine_load()["load_average"],
-                "cores": machine_cores(), "other_cores": _other_cores(cpu, wall), "wall_s": wall,
+        after = machine_load()
+        load = {"before": before["load_average"], "after": after["load_average"], "cores": machine_cores(),
+                "other_cores": other_cores(before, after), "wall_s": after["at"] - before["at"],
                 "resumed": resume}  # fmt: skip
         atomic_write_json(load_path, load)
     keys = ("steps", "tokens", "elapsed_s", "status", "val_loss", "val_source", "tokens_per_s", "batch_size",

@@ -5,7 +5,7 @@ in one block of repeated rounds, each round timing every entry once in a rotated
 slow spell of a shared machine falls on all of them alike and no entry always runs right after
 the same neighbour; each entry is reported as the median over rounds with the slowest and the
 fastest round, next to the load average before and after the block, and with a warning when
-the machine was busy. (Best-of-single-passes taken at different moments made one model look
+other processes kept more than half the cores busy during it. (Best-of-single-passes taken at different moments made one model look
 37x slower than another as the load changed.)
 """
 
@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 K = TypeVar("K")
@@ -61,23 +62,59 @@ def machine_cores() -> int:
     return os.cpu_count() or 1
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) now, from Linux's
+    /proc/stat; None where it cannot be read. Between two readings, the machine's growth minus
+    this process's is the CPU that other work took."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    if fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / ticks, time.process_time()
+
+
 def machine_load() -> dict[str, Any]:
-    """The 1-, 5- and 15-minute load averages (None where the OS has none) and the core count."""
+    """The 1-, 5- and 15-minute load averages (None where the OS has none), the core count, and
+    a ``cpu_seconds`` reading with its time (for ``other_cores`` between two readings)."""
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return {"load_average": load, "cores": machine_cores()}
+    return {"load_average": load, "cores": machine_cores(), "cpu": cpu_seconds(), "at": time.perf_counter()}
+
+
+def other_cores(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """Cores that other processes kept busy, on average, between two ``machine_load`` readings;
+    None without /proc/stat. Unlike the load average, it leaves out this process's own threads,
+    which keep every core busy while a benchmark or a study runs (the load average after a
+    2-thread block on 2 cores is about 2 however quiet the machine)."""
+    a, b = before.get("cpu"), after.get("cpu")
+    wall = after.get("at", 0.0) - before.get("at", 0.0)
+    if not a or not b or wall <= 0:
+        return None
+    return max(0.0, (b[0] - a[0]) - (b[1] - a[1])) / wall
 
 
 def busy_warning(load_before: dict[str, Any], load_after: dict[str, Any]) -> str | None:
-    """A warning when the 1-minute load average before or after the block exceeded half the
-    cores: other work then shared the cores and absolute speeds are low and noisy (the
-    interleaved rounds still spread it over every entry, so ratios suffer less)."""
+    """A warning when other work shared the cores during the block: other processes kept more
+    than half the cores busy on average (``other_cores``), or, without /proc/stat, the 1-minute
+    load average before or after exceeded half the cores. Absolute speeds are then low and noisy
+    (the interleaved rounds still spread it over every entry, so ratios suffer less)."""
     cores = load_before.get("cores") or load_after.get("cores") or machine_cores()
-    loads = [d["load_average"][0] for d in (load_before, load_after) if d.get("load_average")]
-    if not loads or max(loads) <= cores / 2:
-        return None
     before, after = (
         f"{d['load_average'][0]:.1f}" if d.get("load_average") else "?" for d in (load_before, load_after)
     )
+    others = other_cores(load_before, load_after)
+    if others is not None:
+        if others <= cores / 2:
+            return None
+        return (f"WARNING: machine busy (other processes kept {others:.1f} of {cores} cores busy; load average "
+                f"{before} before, {after} after): absolute speeds are disturbed; compare entries only within "
+                "this run")  # fmt: skip
+    loads = [d["load_average"][0] for d in (load_before, load_after) if d.get("load_average")]
+    if not loads or max(loads) <= cores / 2:
+        return None
     return (
         f"WARNING: machine busy (load average {before} before, {after} after, on {cores} cores; "
         f"over {cores / 2:g}): absolute speeds are disturbed; compare entries only within this run"
@@ -91,6 +128,7 @@ def load_report(load_before: dict[str, Any], load_after: dict[str, Any]) -> dict
         "before": load_before.get("load_average"),
         "after": load_after.get("load_average"),
         "cores": load_before.get("cores") or load_after.get("cores"),
+        "other_cores": other_cores(load_before, load_after),
         "busy": warning is not None,
         "warning": warning,
     }
@@ -98,10 +136,12 @@ def load_report(load_before: dict[str, Any], load_after: dict[str, Any]) -> dict
 
 __all__ = [
     "busy_warning",
+    "cpu_seconds",
     "interleaved_rounds",
     "load_report",
     "machine_cores",
     "machine_load",
+    "other_cores",
     "rotated",
     "summarise",
 ]

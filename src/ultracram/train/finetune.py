@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -853,6 +854,7 @@ def run_glue(
                                "bootstrap": glue_baselines.BOOTSTRAP if computed else None,
                                "baselines": baseline_rows, "checkpoints": []}  # fmt: skip
     n_runs, run_number = len(checkpoints) * len(data) * seeds, 0
+    predictions: dict[tuple[str, str], list[dict[str, list]]] = {}  # (task, label) -> per seed {split: preds}
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
         for name, (train, devs) in data.items():
@@ -870,6 +872,8 @@ def run_glue(
                                  progress=progress and fabric.global_rank == 0,
                                  label=f"GLUE {run_number}/{n_runs} {label} {TASKS[name].display} seed {seed}")  # fmt: skip
                 per_seed.append(r)
+                if r.get("predictions"):  # for the paired tests between checkpoints
+                    predictions.setdefault((name, label), []).append(r["predictions"])
                 scores = ", ".join(
                     f"{sp} {m} {v:.4f}" for sp, ms in r["metrics"].items() for m, v in ms.items()
                 )
@@ -889,9 +893,37 @@ def run_glue(
         if fabric.global_rank == 0:
             _write_results(out, results)
     if fabric.global_rank == 0:
+        if len(checkpoints) > 1 and computed:
+            results["pairwise"] = pairwise_tests(data, labels, predictions, seeds)
+            _write_results(out, results)
         atomic_write_text(out / "results.md", glue_markdown(results))
     log(glue_markdown(results))
     return results
+
+
+def pairwise_tests(
+    data: dict[str, tuple[GlueSplit, list[GlueSplit]]], labels: Sequence[str],
+    predictions: dict[tuple[str, str], list[dict[str, list]]], seeds: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The paired bootstrap of every pair of checkpoints on every dev column (the main metric,
+    each checkpoint's run nearest the median seed, with Welch's test across seeds when there are
+    several: ``ultracram.report.compare.compare_systems``), as dicts of ``PairTest``'s fields.
+    Checkpoints whose runs kept no predictions (older versions) are left out."""
+    from ultracram.report.compare import DevSet, compare_systems
+
+    tests = []
+    for c in eval_columns():
+        if c.task not in data:
+            continue
+        dev = next((d for d in data[c.task][1] if d.split == c.split), None)
+        if dev is None:
+            continue
+        systems = {label: [np.asarray(p[c.split]) for p in predictions.get((c.task, label), [])] for label in labels}
+        systems = {k: v for k, v in systems.items() if len(v) == seeds and all(len(p) == len(dev) for p in v)}
+        if len(systems) > 1:
+            column = DevSet(c.label, c.task, TASKS[c.task].main_metric, np.asarray(dev.labels), systems)
+            tests += [dataclasses.asdict(t) for t in compare_systems(column)]
+    return tests
 
 
 def _parse_device(device: str | None) -> torch.device:

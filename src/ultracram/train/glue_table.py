@@ -111,6 +111,13 @@ def glue_markdown(results: dict[str, Any]) -> str:
                 "",
                 *(f"- {s}" for s in comparisons),
             ]
+    if results.get("pairwise"):
+        from ultracram.report.compare import PairTest, describe_pair
+
+        foot += ["", "Between checkpoints (paired bootstrap of the main metric on the same dev examples, each "
+                 f"checkpoint's run nearest the median seed; two-sided, {100 * SIGNIFICANCE:.0f}% level, not corrected "
+                 "for multiple comparisons):", ""]  # fmt: skip
+        foot += [f"- {t['what']}: {describe_pair(PairTest(**t))}." for t in results["pairwise"]]
     return "\n".join(lines + foot) + "\n"
 
 
