@@ -38,7 +38,7 @@ from ultracram.report.compare import (
     compare_systems,
     describe_pair,
 )
-from ultracram.train.baselines import MAJORITY, N_BOOT
+from ultracram.train.baselines import BOW, MAJORITY, N_BOOT
 from ultracram.train.glue_table import comparison_sentences
 
 COLUMNS = {c.label: c for c in eval_columns()}
@@ -304,9 +304,17 @@ def _quality_vs_cost(results: list[ModelResult], averages: dict[str, Any], path:
         color = "grey" if chance else f"C{i}"
         ax.errorbar(x, y, yerr=yerr, fmt="o", color=color, mfc="none" if chance else color, capsize=3)
         ax.annotate(r.model, (x, y), fontsize=8, color=color)
+        control = next((c for c in results if c.kind == "control" and c.control_of == r.model), None)
+        if control is not None and control.glue_average is not None:  # same architecture: same cost
+            ax.plot(x, control.glue_average, "x", color=color, label="no pretraining" if i == 0 else None)
+    for b in (b for b in results if b.kind == "baseline" and b.glue_average is not None):
+        ax.axhline(b.glue_average, color="dimgray", linestyle="--" if b.model == BOW else ":", linewidth=1,
+                   label=b.model)  # fmt: skip
     ax.set(xlabel="CPU inference cost (seconds per million tokens)", ylabel="GLUE average",
            title="Quality vs inference cost")  # fmt: skip
     ax.margins(x=0.2)  # room for the names
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     if hollow:  # the note travels with the PNG too
         ax.text(
             0.01,
@@ -319,7 +327,8 @@ def _quality_vs_cost(results: list[ModelResult], averages: dict[str, Any], path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    caption = "GLUE average against CPU inference cost: up and to the left is better. Error bars: 95% bootstrap interval."
+    caption = ("GLUE average against CPU inference cost: up and to the left is better. Error bars: 95% bootstrap "
+               "interval; x: the same model fine-tuned without pretraining; lines: the baselines.")  # fmt: skip
     return caption + (" " + CHANCE_NOTE if hollow else "")
 
 
