@@ -1,8 +1,10 @@
 """GLUE fine-tuning and evaluation: protocols, seeds, medians, resumable runs.
 
-Size (~830 lines): data (tokenising, length-grouped batches), the checks before any training,
-one run (train, evaluate, resume, its progress display) and the multi-checkpoint GLUE table
-belong to one workflow; the settings are in ``finetune_settings.py`` and the step in ``engine.py``.
+Size (~1,000 lines): data (tokenising, length-grouped batches), the checks before any training,
+one run (train, evaluate, resume, its progress display), the fitted protocol's lr selection and
+the multi-checkpoint GLUE table belong to one workflow; the settings are in
+``finetune_settings.py``, the step in ``engine.py``, the baselines and statistics in
+``baselines.py`` and ``ultracram.report``.
 
 ``run_glue`` fine-tunes each checkpoint on each task for several seeds, evaluates on the dev
 sets and writes ``results.json`` and ``results.md`` (the papers' table layout, with a majority-class
