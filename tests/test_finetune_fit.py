@@ -20,8 +20,8 @@ from ultracram.train.finetune_settings import PROTOCOLS, holdout_size, lr_grid, 
 
 
 def test_lr_grid_is_scaled_to_the_width():
-    assert lr_grid(64) == (2e-4, 5e-4, 1e-3, 2e-3)  # the tiny presets
-    assert lr_grid(256) == (5e-5, 1e-4, 2e-4, 5e-4)  # the mini presets
+    assert lr_grid(64) == (1e-3, 2e-3, 5e-3, 1e-2)  # the tiny presets
+    assert lr_grid(256) == (1e-4, 2e-4, 5e-4, 1e-3)  # the mini presets
     assert lr_grid(768) == (2e-5, 5e-5, 1e-4, 2e-4)  # BERT-base: from GLUE-sane's 4e-5
     widths = [16, 32, 64, 128, 256, 512, 768, 1024, 4096]
     centres = [lr_grid(w)[1] for w in widths]  # the width-scaled guess

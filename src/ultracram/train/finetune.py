@@ -16,7 +16,7 @@ warmup, sequences up to 128 tokens, dropout 0.1, a 1024-wide dense+tanh pooler o
 lr 2e-5 (the paper picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev; no sweep here), linear
 decay with 10% warmup, weight decay 0.01, pooler as wide as the model. ``fit`` (the study's
 default) fits the learning rate to the model: per task and checkpoint, four runs over a grid
-scaled to the model's width (``finetune_settings.lr_grid``: 2e-4 to 2e-3 at hidden 64)
+scaled to the model's width (``finetune_settings.lr_grid``: 1e-3 to 1e-2 at hidden 64)
 train on the training set less a held-out part (``holdout_split``: 10%, 100 to 2,000 examples)
 and are scored on that part; the best lr then trains on the whole training set and is scored
 on dev once (``select_lr``). The dev labels never enter the choice, so the dev score is not
