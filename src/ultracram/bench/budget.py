@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ultracram.bench.timing import machine_cores, machine_load, other_cores
+from ultracram.bench.timing import load_report, machine_load
 from ultracram.config import ConfigError, get_preset
 from ultracram.data.glue import TASKS, GlueDataError, find_split, get_task, hub_source
 from ultracram.errors import RunMismatchError, UltracramError
@@ -253,9 +253,8 @@ def _checkpoint(
         before = machine_load()
         summary = pretrain(dataclasses.replace(base, out=str(run), budget=budget), resume=resume)
         after = machine_load()
-        load = {"before": before["load_average"], "after": after["load_average"], "cores": machine_cores(),
-                "other_cores": other_cores(before, after), "wall_s": after["at"] - before["at"],
-                "resumed": resume}  # fmt: skip
+        # The benchmarks' load block (load averages, cores, other processes' cores, warning).
+        load = {**load_report(before, after), "wall_s": after["at"] - before["at"], "resumed": resume}
         atomic_write_json(load_path, load)
     keys = ("steps", "tokens", "elapsed_s", "status", "val_loss", "val_source", "tokens_per_s", "batch_size",
             "micro_batch_size", "budget")  # fmt: skip
