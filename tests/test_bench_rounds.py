@@ -68,7 +68,9 @@ def test_other_processes_decide_not_our_own_threads(monkeypatch):
     (a load average of 4.5 on 8 cores) give no warning, and other work over half the cores does."""
     monkeypatch.setattr(timing, "machine_cores", lambda: 8)
     monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 2.0, 1.0))
-    readings = iter([(100.0, 10.0), (140.0, 48.0), (140.0, 48.0), (190.0, 50.0)])  # (machine, this process) CPU s
+    readings = iter(
+        [(100.0, 10.0), (140.0, 48.0), (140.0, 48.0), (190.0, 50.0)]
+    )  # (machine, this process) CPU s
     clock = iter([0.0, 10.0, 10.0, 20.0])
     monkeypatch.setattr(timing, "cpu_seconds", lambda: next(readings))
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))

@@ -37,7 +37,11 @@ def test_every_command_explains_itself(path, capsys):
     assert "--config CONFIG" in text and "--print_config" in text
     parser = cli_parser.build_parser(list(path), fn)
     for action in parser._actions:  # every flag says what it is for
-        if action.option_strings[0].startswith("--") and action.help is not None and action.help != "==SUPPRESS==":
+        if (
+            action.option_strings[0].startswith("--")
+            and action.help is not None
+            and action.help != "==SUPPRESS=="
+        ):
             assert action.help.strip() and not action.help.startswith("(type:"), action.option_strings
 
 
@@ -74,8 +78,10 @@ def _print_config(argv, capsys) -> dict:
         (["bench", "fnn"], "ultracram bench: error: unknown command 'fnn' (did you mean 'ffn'?)"),
         (["models", "--bogus"], "unknown flag --bogus"),
         (["pretrain", "--lrr", "1e-3"], "unknown flag --lrr (did you mean '--lr'?)"),
-        (["glue", "--checkpoint", "c", "--glue_dir", "g", "--finetune.lrr", "1"],
-         "unknown flag --finetune.lrr (did you mean '--finetune.lr'?)"),
+        (
+            ["glue", "--checkpoint", "c", "--glue_dir", "g", "--finetune.lrr", "1"],
+            "unknown flag --finetune.lrr (did you mean '--finetune.lr'?)",
+        ),
         (["pretrain", "--lr", "abc"], "--lr: expected float | None, got 'abc'"),
         (["pretrain", "--micro_batch_size", "2.5"], "--micro_batch_size: expected int, got '2.5'"),
         (["pretrain", "--recipe", "adam"], "--recipe"),
@@ -93,7 +99,17 @@ def test_unknown_nested_key_and_bad_values_are_listed_together(capsys):
     err = capsys.readouterr().err
     assert "model: unknown key 'num_layer' (did you mean 'num_layers'?)" in err
     assert "lr: must be > 0" in err and "mask_rate: must be in (0, 1)" in err
-    argv = ["glue", "--checkpoint", "c", "--glue_dir", "g", "--per_task.rtee.epochs", "3", "--per_task.rte.epoch", "3"]
+    argv = [
+        "glue",
+        "--checkpoint",
+        "c",
+        "--glue_dir",
+        "g",
+        "--per_task.rtee.epochs",
+        "3",
+        "--per_task.rte.epoch",
+        "3",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "unknown task 'rtee' in per-task settings (did you mean 'rte'?)" in err
@@ -115,7 +131,9 @@ def test_config_file_then_flags_and_print_config_round_trip(tmp_path, capsys):
     # A run's recorded settings (JSON, recipe resolved) load the same way: `--config RUN/pretrain_config.json`.
     from ultracram.train.pretrain_config import PretrainConfig, resolve_recipe
 
-    recorded = resolve_recipe(PretrainConfig(preset="ultrafastbert-tiny", budget="3-steps", model={"fff_depth": 2}))
+    recorded = resolve_recipe(
+        PretrainConfig(preset="ultrafastbert-tiny", budget="3-steps", model={"fff_depth": 2})
+    )
     (tmp_path / "pretrain_config.json").write_text(json.dumps(recorded.to_dict()))
     again = _print_config(["pretrain", "--config", str(tmp_path / "pretrain_config.json")], capsys)
     assert PretrainConfig(**{k: v for k, v in again.items() if k != "resume"}) == recorded
@@ -124,10 +142,41 @@ def test_config_file_then_flags_and_print_config_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["glue", "--checkpoint", "a=c1", "--checkpoint", "c2", "--glue_dir", "g", "--protocol", "bert",
-         "--finetune.lr", "2e-5", "--per_task.rte.epochs", "10"],
-        ["study", "--models", "crammed-bert-tiny,fnet-tiny", "--pretrain.budget", "2m", "--finetune.epochs", "2"],
-        ["doctor", "--preset", "bert-tiny", "--model.num_layers", "1", "--only", "labels", "--only", "masking"],
+        [
+            "glue",
+            "--checkpoint",
+            "a=c1",
+            "--checkpoint",
+            "c2",
+            "--glue_dir",
+            "g",
+            "--protocol",
+            "bert",
+            "--finetune.lr",
+            "2e-5",
+            "--per_task.rte.epochs",
+            "10",
+        ],
+        [
+            "study",
+            "--models",
+            "crammed-bert-tiny,fnet-tiny",
+            "--pretrain.budget",
+            "2m",
+            "--finetune.epochs",
+            "2",
+        ],
+        [
+            "doctor",
+            "--preset",
+            "bert-tiny",
+            "--model.num_layers",
+            "1",
+            "--only",
+            "labels",
+            "--only",
+            "masking",
+        ],
         ["data", "prepare", "--input", "a.txt", "b.txt", "--tokenizer", "t.json", "--out", "s"],
         ["bench", "ffn", "--tokens", "1,64", "--quick"],
     ],
@@ -145,21 +194,37 @@ def test_list_flags_repeat_and_split_and_old_forms_still_work(capsys):
     c = _print_config(["glue", "--checkpoint", "a=c1", "--checkpoint", "c2", "--glue-dir", "g", "--set",
                        "rte.epochs=10", "--set", "lr=2e-5", "--epochs", "3"], capsys)  # fmt: skip
     assert c["checkpoint"] == ["a=c1", "c2"] and c["glue_dir"] == ["g"]
-    assert c["per_task"] == {"rte": {"epochs": 10}} and c["finetune"]["lr"] == 2e-5 and c["finetune"]["epochs"] == 3
+    assert (
+        c["per_task"] == {"rte": {"epochs": 10}}
+        and c["finetune"]["lr"] == 2e-5
+        and c["finetune"]["epochs"] == 3
+    )
     c = _print_config(["pretrain", "--micro-batch-size", "8", "--compile", "--no-progress", "--model",
                        '{"num_layers": 2}'], capsys)  # fmt: skip
-    assert (c["micro_batch_size"], c["compile"], c["progress"], c["model"]) == (8, True, False, {"num_layers": 2})
+    assert (c["micro_batch_size"], c["compile"], c["progress"], c["model"]) == (
+        8,
+        True,
+        False,
+        {"num_layers": 2},
+    )
     c = _print_config(["glue", "--checkpoint", "c", "--glue_dir", "g", "--per_task.rte.epochs", "10",
                        "--per_task.rte.lr", "1e-5", "--per_task.sst2.lr", "2e-5"], capsys)  # fmt: skip
     assert c["per_task"] == {"rte": {"epochs": 10, "lr": 1e-5}, "sst2": {"lr": 2e-5}}  # all items kept
     c = _print_config(["doctor", "--set", "num_layers=1", "--set", "lr=1e-3"], capsys)
     assert c["model"] == {"num_layers": 1} and c["lr"] == 1e-3
     c = _print_config(["study", "--models", "bert-tiny", "--budget", "90s", "--batch-size", "recipe"], capsys)
-    assert c["models"] == ["bert-tiny"] and c["pretrain"]["budget"] == "90s" and c["pretrain"]["batch_size"] is None
+    assert (
+        c["models"] == ["bert-tiny"]
+        and c["pretrain"]["budget"] == "90s"
+        and c["pretrain"]["batch_size"] is None
+    )
 
 
 def test_deprecated_forms_say_what_replaces_them(capsys):
-    assert main(["glue", "--checkpoint", "c", "--glue_dir", "g", "--set", "rte.epochs=10", "--print_config"]) == 0
+    assert (
+        main(["glue", "--checkpoint", "c", "--glue_dir", "g", "--set", "rte.epochs=10", "--print_config"])
+        == 0
+    )
     assert main(["import", "--from", "src", "--out", "o", "--print_config"]) == 0
     err = capsys.readouterr().err
     assert "--set rte.epochs=10 is deprecated" in err and "--per_task.rte.epochs 10" in err
@@ -169,11 +234,21 @@ def test_deprecated_forms_say_what_replaces_them(capsys):
 def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path, capsys, monkeypatch):
     from ultracram.errors import UltracramError
 
-    args = ["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--budget", "1-steps"]
+    args = [
+        "pretrain",
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "run"),
+        "--budget",
+        "1-steps",
+    ]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("ultracram pretrain: error: ") and "nope" in err and "Traceback" not in err
-    with pytest.raises(UltracramError, match=r"no manifest\.json"):  # --debug: the exception, with its traceback
+    with pytest.raises(
+        UltracramError, match=r"no manifest\.json"
+    ):  # --debug: the exception, with its traceback
         cli.main(["--debug", *args])
 
     def interrupted(json: bool = False) -> None:
@@ -192,12 +267,21 @@ def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_is_kept(tmp_path,
 @pytest.mark.parametrize(
     ("argv", "target", "said"),
     [
-        (["glue", "--checkpoint", "c", "--glue_dir", "g", "--out", "o"], "ultracram.train.finetune.run_glue",
-         "finished runs and each unfinished run's newest training state are kept in o; the same command resumes"),
-        (["study", "--out", "s"], "ultracram.study.run_study",
-         "finished models, the shards and each model's newest pretraining and GLUE states are kept in s"),
-        (["data", "prepare", "--input", "a", "--tokenizer", "t", "--out", "d"], "ultracram.data.corpus.prepare_corpus",
-         "the complete shards in d are kept; the same command resumes after the last of them"),
+        (
+            ["glue", "--checkpoint", "c", "--glue_dir", "g", "--out", "o"],
+            "ultracram.train.finetune.run_glue",
+            "finished runs and each unfinished run's newest training state are kept in o; the same command resumes",
+        ),
+        (
+            ["study", "--out", "s"],
+            "ultracram.study.run_study",
+            "finished models, the shards and each model's newest pretraining and GLUE states are kept in s",
+        ),
+        (
+            ["data", "prepare", "--input", "a", "--tokenizer", "t", "--out", "d"],
+            "ultracram.data.corpus.prepare_corpus",
+            "the complete shards in d are kept; the same command resumes after the last of them",
+        ),
     ],
     ids=["glue", "study", "data-prepare"],
 )

@@ -169,7 +169,9 @@ def test_postmortem_blow_up_then_recovery_is_not_healthy(tmp_path):
     rng = random.Random(3)
     # The loss shoots from 8.3 to ~35 in the first steps, then clipping and Adam bring it back
     # below the start: it ends lower than it began, yet the lr was far too high.
-    losses = [8.3 + 27 * math.sin(math.pi * i / 80) if i < 80 else 7.8 - 0.5 * (i - 80) / 220 for i in range(300)]
+    losses = [
+        8.3 + 27 * math.sin(math.pi * i / 80) if i < 80 else 7.8 - 0.5 * (i - 80) / 220 for i in range(300)
+    ]
     losses = [v + rng.gauss(0, 0.1) for v in losses]
     pm = diagnose(read_run_metrics(_write_run(tmp_path / "blow", losses, [1.0] * 300)))
     assert pm.verdict == "learning rate too high", pm.summary

@@ -280,7 +280,9 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
         assert time.time() < deadline
         time.sleep(0.1)
     child = int((tmp_path / "pid").read_text())
-    while not armed.exists():  # the child has imported ultracram (slow on a busy machine) and armed the signal
+    while (
+        not armed.exists()
+    ):  # the child has imported ultracram (slow on a busy machine) and armed the signal
         assert time.time() < deadline
         time.sleep(0.1)
     os.kill(parent.pid, signal.SIGKILL)

@@ -11,7 +11,9 @@ from ultracram.model.feedforward import FastFeedForward
 
 def make_layer(depth, trees, hidden=32, seed=0):
     torch.manual_seed(seed)
-    config = get_preset("ultrafastbert-tiny").replace(hidden_size=hidden, num_heads=4, fff_depth=depth, fff_trees=trees)
+    config = get_preset("ultrafastbert-tiny").replace(
+        hidden_size=hidden, num_heads=4, fff_depth=depth, fff_trees=trees
+    )
     layer = FastFeedForward(config)
     with torch.no_grad():  # larger weights than the init so routing is far from ties
         layer.linear_in.weight.normal_(0, 0.5)

@@ -40,7 +40,10 @@ def soft_by_recursion(x, w_in, b_in, w_out, depth, trees, temperature):
                 if level < depth:
                     p = torch.sigmoid(z / temperature)
                     ent += float(reach * -(p * p.log() + (1 - p) * (1 - p).log())) / (depth * trees)
-                    stack += [(2 * node + 1, level + 1, reach * (1 - p)), (2 * node + 2, level + 1, reach * p)]
+                    stack += [
+                        (2 * node + 1, level + 1, reach * (1 - p)),
+                        (2 * node + 2, level + 1, reach * p),
+                    ]
         outs.append(out)
         entropies.append(ent)
     return torch.stack(outs), torch.tensor(entropies, dtype=x.dtype)
@@ -111,6 +114,8 @@ def test_soft_mode_in_a_model_trains_and_evaluates_hard():
 
 def test_soft_mode_settings_are_validated():
     with pytest.raises(ConfigError) as e:
-        get_preset("ultrafastbert-tiny", fff_training="fuzzy", fff_soft_temperature=0.0, fff_hardening_weight=-1.0)
+        get_preset(
+            "ultrafastbert-tiny", fff_training="fuzzy", fff_soft_temperature=0.0, fff_hardening_weight=-1.0
+        )
     text = str(e.value)
     assert "fff_training" in text and "fff_soft_temperature" in text and "fff_hardening_weight" in text

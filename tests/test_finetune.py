@@ -185,9 +185,15 @@ def test_run_glue_table_average_and_rerun(tiny_checkpoint, tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["checkpoints"][1]["label"] == "b"
     # Every pair of checkpoints is tested on every column: the same weights give the same
     # predictions, so a and b cannot be told apart (difference 0, p = 1, the same seeds).
-    assert [(t["what"], t["a"], t["b"]) for t in res["pairwise"]] == [("SST-2", "a", "b"), ("STS-B", "a", "b")]
+    assert [(t["what"], t["a"], t["b"]) for t in res["pairwise"]] == [
+        ("SST-2", "a", "b"),
+        ("STS-B", "a", "b"),
+    ]
     assert all(t["diff"] == 0 and t["p_value"] == 1 and t["seeds_a"] == t["seeds_b"] for t in res["pairwise"])
-    assert "Between checkpoints" in table and "- SST-2: a and b are not distinguishable (a - b: +0.0 points" in table
+    assert (
+        "Between checkpoints" in table
+        and "- SST-2: a and b are not distinguishable (a - b: +0.0 points" in table
+    )
     # Rerun: every run is finished, so the results come back unchanged and nothing trains.
     again = run_glue([f"a={tiny_checkpoint}", f"b={tiny_checkpoint}"], [glue], tmp_path / "out", **common)
     assert again["checkpoints"] == res["checkpoints"]

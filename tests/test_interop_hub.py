@@ -26,8 +26,6 @@ transformers = pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 
-
-
 def _save(model, directory, safetensors=True):
     """A hub repo's files: config.json, the weights, and BERT's vocab.txt."""
     model.save_pretrained(directory)

@@ -28,8 +28,6 @@ transformers = pytest.importorskip("transformers")
 T = 12  # tokens per test sequence
 
 
-
-
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 def test_hf_bert_import_same_logits(hf_bert, tmp_path, safe):
     src = tmp_path / "hf"

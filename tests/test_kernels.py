@@ -38,7 +38,16 @@ def test_cpu_kernel_equals_masked_reference(depth, trees):
     w_in, b_in, w_out = random_tree(depth, trees, seed=depth)
     # 1..7 tokens (the four-token lanes with every remainder), one thread in one call below
     # PARALLEL_MIN_TOKENS, and the three-step path (all threads) above it.
-    for tokens in (1, 2, 3, 4, 5, 7, cpu_kernels.PARALLEL_MIN_TOKENS - 1, cpu_kernels.PARALLEL_MIN_TOKENS + 13):
+    for tokens in (
+        1,
+        2,
+        3,
+        4,
+        5,
+        7,
+        cpu_kernels.PARALLEL_MIN_TOKENS - 1,
+        cpu_kernels.PARALLEL_MIN_TOKENS + 13,
+    ):
         x = torch.randn(tokens, 32)
         with torch.no_grad():
             ref = fff_masked(x, w_in, b_in, w_out, depth, trees)

@@ -86,7 +86,10 @@ def test_switch_aux_loss_and_capacity():
     ids, labels = mlm_batch(config)
     out = model(ids, labels=labels)
     # >= 1 per layer (1 = perfectly balanced), times the weight
-    assert out.aux_loss is not None and out.aux_loss.item() >= config.num_layers * 0.99 * config.moe_aux_loss_weight
+    assert (
+        out.aux_loss is not None
+        and out.aux_loss.item() >= config.num_layers * 0.99 * config.moe_aux_loss_weight
+    )
     out.loss.backward()
     assert model.encoder.layers[0].ffn.router.weight.grad.abs().sum() > 0
 

@@ -116,7 +116,9 @@ def test_ddp_two_cpu_processes_match_one_process(shards, tmp_path):
     assert a[-1] < a[0]
     from ultracram.train.metrics import read_metrics
 
-    sizes = [[int(r["batch_size"]) for r in read_metrics(tmp_path / d / "metrics.csv")] for d in ("one", "two")]
+    sizes = [
+        [int(r["batch_size"]) for r in read_metrics(tmp_path / d / "metrics.csv")] for d in ("one", "two")
+    ]
     assert sizes[0] == sizes[1] and sizes[0][0] < sizes[0][-1] == 64, sizes  # the ramp, identical
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
     assert summaries[1]["devices"] == 2
@@ -223,17 +225,24 @@ def test_batch_plan_fits_the_budget():
     short = plan_batch(parse_budget("3m"), data_sequences=100_000, micro_seconds=0.36, **common)
     assert short.batch_size == 512 and short.steps == pytest.approx(MIN_STEPS, rel=0.01)
     # A day keeps the recipe's batch, and a token budget needs no probe.
-    assert plan_batch(parse_budget("24h"), data_sequences=10**9, micro_seconds=0.36, **common).batch_size == 8192
+    assert (
+        plan_batch(parse_budget("24h"), data_sequences=10**9, micro_seconds=0.36, **common).batch_size == 8192
+    )
     tokens = plan_batch(parse_budget("10M-tokens"), data_sequences=10**9, micro_seconds=None, **common)
     assert tokens.batch_size == int(1.6 * 10e6 / 128 / MIN_STEPS) // 128 * 128
     # Never more than the data holds (one pass per step), never less than one micro batch per device.
-    assert plan_batch(parse_budget("24h"), data_sequences=5065, micro_seconds=0.36, **common).batch_size == 4992
+    assert (
+        plan_batch(parse_budget("24h"), data_sequences=5065, micro_seconds=0.36, **common).batch_size == 4992
+    )
     tiny = plan_batch(parse_budget("10s"), data_sequences=10**6, micro_seconds=1.0, **{**common, "world": 2})
     assert tiny.batch_size == 256 and tiny.steps < FEW_STEPS and "hardly train" in tiny.warning()
     # An explicit batch is kept; a step budget keeps the recipe's.
     assert plan_batch(parse_budget("3m"), data_sequences=10**6, micro_seconds=0.36,
                       **{**common, "explicit": True}).batch_size == 8192  # fmt: skip
-    assert plan_batch(parse_budget("300-steps"), data_sequences=10**6, micro_seconds=None, **common).batch_size == 8192
+    assert (
+        plan_batch(parse_budget("300-steps"), data_sequences=10**6, micro_seconds=None, **common).batch_size
+        == 8192
+    )
 
 
 def test_time_budget_is_a_hard_limit_with_a_slow_step(shards, tmp_path):

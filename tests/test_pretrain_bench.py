@@ -18,7 +18,10 @@ def test_bench_train_reports_consistent_numbers(tmp_path):
         assert r["mfu"] == pytest.approx(r["flops_per_s"] / report["peak_flops"])
     # The FFF preset ran once per training path, with ratios taken within this run.
     rows = {(r["preset"], r["fff_path"]): r for r in report["results"]}
-    assert set(rows) == {("crammed-bert-tiny", None), *(("ultrafastbert-tiny", p) for p in ("masked", "gather", "conditional"))}
+    assert set(rows) == {
+        ("crammed-bert-tiny", None),
+        *(("ultrafastbert-tiny", p) for p in ("masked", "gather", "conditional")),
+    }
     crammed, masked = rows["crammed-bert-tiny", None], rows["ultrafastbert-tiny", "masked"]
     for path in ("masked", "gather", "conditional"):
         r = rows["ultrafastbert-tiny", path]

@@ -24,7 +24,13 @@ def test_every_update_prints_with_zero_interval_and_eta_can_be_left_out(capsys):
         display.update(done, f"{done} docs")
     display.close()
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == ["0.0%", "25.0%", "50.0%", "75.0%", "100.0%"]  # the last once
+    assert [line.split()[1] for line in lines] == [
+        "0.0%",
+        "25.0%",
+        "50.0%",
+        "75.0%",
+        "100.0%",
+    ]  # the last once
     assert not any(" left " in line for line in lines)
 
 

@@ -155,7 +155,9 @@ def test_a_killed_writers_temporaries_are_swept(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".state-000000009.safetensors.tmp-{dead_pid}"
     stale.write_bytes(b"half a state")

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             wants_help = any(a in ("-h", "--help") for a in argv)
             print(overview(used, entry), file=sys.stdout if wants_help else sys.stderr)
             return 0 if wants_help else 2
-        run_command(used, load(entry[0]), argv[len(used):])
+        run_command(used, load(entry[0]), argv[len(used) :])
     except SystemExit as e:  # --help and --print_config end the parse
         return int(e.code or 0)
     except UsageError as e:

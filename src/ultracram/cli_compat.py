@@ -24,17 +24,24 @@ DOCTOR_SETUP_KEYS = ("lr", "seed", "batch_size", "seq_len")
 
 
 def _note(command: str, old: str, new: str) -> None:
-    print(f"ultracram {command}: note: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+    print(
+        f"ultracram {command}: note: {old} is deprecated and goes in the next release; use {new}",
+        file=sys.stderr,
+    )
 
 
 def _set_option(command: str, item: str) -> list[str]:
     """One deprecated ``--set KEY=VALUE`` as new flags."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        new = "--finetune.KEY VALUE or --per_task.TASK.KEY VALUE" if command == "glue" else "--model.KEY VALUE"
+        new = (
+            "--finetune.KEY VALUE or --per_task.TASK.KEY VALUE" if command == "glue" else "--model.KEY VALUE"
+        )
         from ultracram.cli_parser import UsageError
 
-        raise UsageError(f"--set expects KEY=VALUE (e.g. lr=2e-5), got {item!r}; --set is deprecated: use {new}")
+        raise UsageError(
+            f"--set expects KEY=VALUE (e.g. lr=2e-5), got {item!r}; --set is deprecated: use {new}"
+        )
     task, dot, field = key.strip().rpartition(".")
     if command == "glue":
         new = f"--per_task.{task}.{field}" if dot else f"--finetune.{field}"
@@ -73,7 +80,9 @@ def _settings_file(path: str) -> list[str]:
             out += ["--finetune", json.dumps(value)]
         else:
             out += ["--per_task", json.dumps(value)]
-    _note("glue", f"--settings {path}", "--config FILE (keys protocol, finetune, per_task: see --print_config)")
+    _note(
+        "glue", f"--settings {path}", "--config FILE (keys protocol, finetune, per_task: see --print_config)"
+    )
     return out
 
 

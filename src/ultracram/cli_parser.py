@@ -64,7 +64,9 @@ def check_config_file(path: Path, fn: Any, settings_cls: type | None) -> None:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UsageError(f"--config {path}: {where}not valid YAML or JSON: {getattr(e, 'problem', e)}") from None
+        raise UsageError(
+            f"--config {path}: {where}not valid YAML or JSON: {getattr(e, 'problem', e)}"
+        ) from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected an object of settings (KEY: VALUE), got {values!r}")
     hints = {k: v for k, v in typing.get_type_hints(fn).items() if k not in ("settings", "return")}
@@ -205,7 +207,9 @@ def build_parser(used: list[str], fn: Any) -> Any:
 
     class Formatter(DefaultHelpFormatter):
         def _fill_text(self, text: str, width: int, indent: str) -> str:  # keep the paragraphs
-            return "\n\n".join(super(Formatter, self)._fill_text(p, width, indent) for p in text.split("\n\n"))
+            return "\n\n".join(
+                super(Formatter, self)._fill_text(p, width, indent) for p in text.split("\n\n")
+            )
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     doc = (fn.__doc__ or "").strip()

@@ -156,7 +156,9 @@ def validate_values(v: dict[str, Any]) -> list[str]:
     problems = []
     for name, annotation in hints.items():
         if name in v and not type_ok(v[name], annotation):
-            problems.append(f"{name}: expected {describe(annotation)}, got {v[name]!r} ({type(v[name]).__name__})")
+            problems.append(
+                f"{name}: expected {describe(annotation)}, got {v[name]!r} ({type(v[name]).__name__})"
+            )
     bad_types = {p.split(":")[0] for p in problems}
 
     def ok(*names: str) -> bool:

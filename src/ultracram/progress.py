@@ -68,7 +68,9 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-        elif self.enabled and self.state is not None and self.state != self.printed:  # never the same line twice
+        elif (
+            self.enabled and self.state is not None and self.state != self.printed
+        ):  # never the same line twice
             self._print_line(*self.state)
         self.enabled = False
 

@@ -63,7 +63,9 @@ def coerce(value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
-        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        if type(None) in options and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        ):
             return None
         others = [o for o in options if o is not type(None)]
         if len(others) == 1:  # an optional value: say what the value should be
@@ -201,7 +203,9 @@ def comma_list(value: str | Iterable[Any] | None, kind: type = str) -> list[Any]
     try:
         return [kind(v.strip()) if isinstance(v, str) else kind(v) for v in items if str(v).strip()]
     except ValueError as e:
-        raise SettingsError([f"expected a comma-separated list of {kind.__name__}, got {value!r}"], "list") from e
+        raise SettingsError(
+            [f"expected a comma-separated list of {kind.__name__}, got {value!r}"], "list"
+        ) from e
 
 
 __all__ = [

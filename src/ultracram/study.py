@@ -273,8 +273,6 @@ def fff_usage(model: torch.nn.Module, shards_dir: Path, rows: int = 64) -> list[
     return usage
 
 
-
-
 def control_label(model: str) -> str:
     """The report's name of ``model``'s no-pretraining control."""
     return f"{model} (no pretraining)"

@@ -60,7 +60,9 @@ class PrepareSettings:
     def __post_init__(self) -> None:
         # The numbers are checked by prepare_corpus, which library callers use too.
         if not self.input and not self.hf_dataset:
-            raise SettingsError(["give --input files/directories, --hf_dataset NAME, or both"], "data prepare settings")
+            raise SettingsError(
+                ["give --input files/directories, --hf_dataset NAME, or both"], "data prepare settings"
+            )
 
 
 def prepare_command(settings: PrepareSettings) -> dict:

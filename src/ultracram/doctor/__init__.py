@@ -59,7 +59,9 @@ def run_doctor(settings: DoctorSettings) -> object:
         unknown = [c for c in s.only if c not in CHECKS]
         if unknown:
             hints = "".join(suggest(c, CHECKS) for c in unknown)
-            raise DoctorError(f"--only: unknown check(s) {', '.join(unknown)}{hints}; known: {', '.join(CHECKS)}")
+            raise DoctorError(
+                f"--only: unknown check(s) {', '.join(unknown)}{hints}; known: {', '.join(CHECKS)}"
+            )
     results = run_preflight(s, out_dir=s.out or "out/doctor", only=s.only)
     failed = [r.name for r in results if r.status == "FAIL"]
     if failed:

@@ -175,6 +175,7 @@ def _build_mlm(config: ModelConfig) -> nn.Module:
 
 def standard_mask_fn(config: ModelConfig, tok: TokenizerInfo) -> MaskFn:
     """ultracram's collator (``ultracram.data.mlm.mask_tokens``) with the config's mask rate."""
+
     def mask(ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_tokens(ids, config.mask_rate, mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
                            special_ids=tok.special_ids, generator=gen)  # fmt: skip

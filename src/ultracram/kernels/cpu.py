@@ -265,7 +265,21 @@ def _route_serial(x, w_in, b_in, depth, trees, top, logits, rows, order, nodes):
         _walk(x, w_in, b_in, k * n, top, _LOGIT, order, 0, T, nodes, logits, rows, col)
         if top <= depth:
             by_subtree = _bucket_order(nodes, top)
-            _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, 0, T, nodes, logits, rows, col + top)
+            _walk(
+                x,
+                w_in,
+                b_in,
+                k * n,
+                depth + 1 - top,
+                _LOGIT,
+                by_subtree,
+                0,
+                T,
+                nodes,
+                logits,
+                rows,
+                col + top,
+            )
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True, parallel=True)
@@ -283,7 +297,21 @@ def _route_parallel(x, w_in, b_in, depth, trees, top, logits, rows, order, nodes
             by_subtree = _bucket_order(nodes, top)
             for b in prange(blocks):
                 start, stop = b * _BLOCK, min(T, (b + 1) * _BLOCK)
-                _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, start, stop, nodes, logits, rows, col + top)
+                _walk(
+                    x,
+                    w_in,
+                    b_in,
+                    k * n,
+                    depth + 1 - top,
+                    _LOGIT,
+                    by_subtree,
+                    start,
+                    stop,
+                    nodes,
+                    logits,
+                    rows,
+                    col + top,
+                )
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -340,7 +368,9 @@ def _run(x: torch.Tensor, w_in, b_in, w_out, depth: int, trees: int, activation)
     # Dynamic scheduling, one block at a time: on a shared machine a thread whose core is busy
     # takes fewer blocks instead of holding up the others.
     with numba.parallel_chunksize(1):
-        (_route_parallel if parallel else _route_serial)(xs, w, b, depth, trees, min(TOP_LEVELS, depth + 1), logits, rows, order, nodes)
+        (_route_parallel if parallel else _route_serial)(
+            xs, w, b, depth, trees, min(TOP_LEVELS, depth + 1), logits, rows, order, nodes
+        )
         # The activation of the T*K*(D+1) visited logits, vectorised by torch: the same
         # function as the reference's, and 1.25x faster for the whole layer at 4,096 tokens
         # than a scalar erf per node in the walk.

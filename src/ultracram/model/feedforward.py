@@ -90,7 +90,9 @@ class FastFeedForward(nn.Module):
         tokens = x.reshape(-1, x.shape[-1])  # (B*T, H)
         w_in, b_in, w_out = self.linear_in.weight, self.linear_in.bias, self.linear_out.weight
         if self.soft and self.training:
-            out, entropy = fff_soft(tokens, w_in, b_in, w_out, self.depth, self.trees, self.act, self.temperature)
+            out, entropy = fff_soft(
+                tokens, w_in, b_in, w_out, self.depth, self.trees, self.act, self.temperature
+            )
             entropy = entropy.mean(1)  # (B*T,): mean over trees
             if attention_mask is not None:  # padding does not count towards the hardening loss
                 real = attention_mask.reshape(-1).to(entropy.dtype)

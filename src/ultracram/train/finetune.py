@@ -650,13 +650,17 @@ def selection_runs(
     rest, held = holdout_split(train)
     rest = subsample(rest, SELECT_MAX_TRAIN)
     hidden = read_checkpoint_config(checkpoint)["model"]["hidden_size"]
-    return [(run_root / f"lr-{lr:g}", rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)]
+    return [
+        (run_root / f"lr-{lr:g}", rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)
+    ]
 
 
 def choose_lr(grid: Sequence[dict[str, Any]], centre: float) -> dict[str, Any]:
     """The best of ``grid`` ([{lr, score}], score None for a diverged run): the highest score;
     among equal scores the lr nearest ``centre`` (in log scale); a diverged run only if all did."""
-    return max(grid, key=lambda g: (g["score"] is not None, g["score"] or 0.0, -abs(math.log(g["lr"] / centre))))
+    return max(
+        grid, key=lambda g: (g["score"] is not None, g["score"] or 0.0, -abs(math.log(g["lr"] / centre)))
+    )
 
 
 def select_lr(
@@ -807,7 +811,9 @@ def run_glue(
                     check_run_dir(run_dir, run_identity(ckpt, rest, [held], s, SELECT_SEED), ckpt)
                 continue
             for seed in range(seeds):
-                check_run_dir(root / f"seed-{seed}", run_identity(ckpt, train, devs, settings[name], seed), ckpt)
+                check_run_dir(
+                    root / f"seed-{seed}", run_identity(ckpt, train, devs, settings[name], seed), ckpt
+                )
 
     try:
         fabric = setup_fabric(dev.type, [dev.index] if dev.index is not None and devices == 1 else devices,
@@ -860,7 +866,11 @@ def run_glue(
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
         for name, (train, devs) in data.items():
-            root, task_settings, selection = out / "runs" / label.replace("/", "__") / name, settings[name], None
+            root, task_settings, selection = (
+                out / "runs" / label.replace("/", "__") / name,
+                settings[name],
+                None,
+            )
             if task_settings.lr is None:  # the fitted protocol: choose the lr first, without the dev set
                 selection = select_lr(ckpt, train, task_settings, root / "select", fabric=fabric, fff=fff,
                                       progress=progress and fabric.global_rank == 0,
@@ -920,7 +930,9 @@ def pairwise_tests(
         dev = next((d for d in data[c.task][1] if d.split == c.split), None)
         if dev is None:
             continue
-        systems = {label: [np.asarray(p[c.split]) for p in predictions.get((c.task, label), [])] for label in labels}
+        systems = {
+            label: [np.asarray(p[c.split]) for p in predictions.get((c.task, label), [])] for label in labels
+        }
         systems = {k: v for k, v in systems.items() if len(v) == seeds and all(len(p) == len(dev) for p in v)}
         if len(systems) > 1:
             column = DevSet(c.label, c.task, TASKS[c.task].main_metric, np.asarray(dev.labels), systems)

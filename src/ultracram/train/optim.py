@@ -34,7 +34,12 @@ def parameter_groups(model: nn.Module | Iterable[nn.Parameter], weight_decay: fl
 
 
 def build_optimizer(
-    model: nn.Module | Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+    model: nn.Module | Iterable[nn.Parameter],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
 ) -> torch.optim.Optimizer:
     """AdamW over ``parameter_groups`` (of a model or a list of parameters); ``foreach``
     kernels where the device has them. Pretraining, fine-tuning, the doctor and the benchmarks

@@ -323,7 +323,9 @@ def main(
     if budget.kind == "time" and not resume:  # seconds per micro batch: the plan's and the budget cap's
         t0 = time.perf_counter()
         progress.micro_seconds = probe_micro_seconds(fabric, model, shards, config, model_config)
-        progress.elapsed_s += _synced_time(fabric, time.perf_counter() - t0)  # the probe is paid from the budget
+        progress.elapsed_s += _synced_time(
+            fabric, time.perf_counter() - t0
+        )  # the probe is paid from the budget
     plan = plan_batch(budget, recipe_batch=config.batch_size, explicit=not fit_batch, micro_batch=config.micro_batch_size,
                       world=fabric.world_size, seq_len=shards.seq_len, data_sequences=len(shards),
                       ramp_until=config.batch_ramp_until, micro_seconds=progress.micro_seconds or None)  # fmt: skip
@@ -416,7 +418,13 @@ class _MicroBatches:
 
     def __init__(self, fabric, shards, config: PretrainConfig, mask_rate: float, units: list[int],
                  on_micro: Callable[[int, int], None] | None = None):  # fmt: skip
-        self.fabric, self.shards, self.config, self.mask_rate, self.units = fabric, shards, config, mask_rate, units
+        self.fabric, self.shards, self.config, self.mask_rate, self.units = (
+            fabric,
+            shards,
+            config,
+            mask_rate,
+            units,
+        )
         self.on_micro = on_micro  # told (index, count) as each micro batch is built: progress within a step
 
     def __len__(self) -> int:
@@ -732,7 +740,9 @@ class _ProgressBar:
             return
         elapsed = progress.elapsed_s + time.perf_counter() - t0
         fraction = self.budget.fraction(elapsed, progress.tokens, progress.step)
-        self.display.update(fraction, f"step {progress.step + 1}: micro batch {index + 1}/{count}  {self.last}")
+        self.display.update(
+            fraction, f"step {progress.step + 1}: micro batch {index + 1}/{count}  {self.last}"
+        )
 
     def update(self, fraction: float, progress: Progress, row: dict) -> None:
         if not self.display.enabled:
