@@ -14,6 +14,7 @@ compared with ``masked``: the loss difference is reported.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from ultracram.settings import comma_list
 from ultracram.train import engine
 from ultracram.train.engine import precision_name, prepare, raw_module, setup_fabric, synchronize
 from ultracram.train.finetune import make_optimizer
-from ultracram.train.finetune_settings import PROTOCOLS
+from ultracram.train.finetune_settings import PROTOCOLS, lr_grid
 
 
 def bench_finetune(
@@ -42,7 +43,7 @@ def bench_finetune(
     batch_size: int = 16,
     seq_len: int = 128,
     rounds: int = 3,
-    protocol: Literal["sane", "bert"] = "sane",
+    protocol: Literal["fit", "sane", "bert"] = "sane",
     device: str = "cpu",
     precision: str = "auto",
     out: str | None = "out/bench/finetune.json",
@@ -60,7 +61,8 @@ def bench_finetune(
         batch_size: examples per step
         seq_len: tokens per example
         rounds: timed steps per path
-        protocol: GLUE protocol whose classifier (dropout, pooler) and optimizer are timed
+        protocol: GLUE protocol whose classifier (dropout, pooler) and optimizer are timed (fit:
+            at its learning-rate grid's width-scaled step)
         device: cpu or cuda
         precision: auto or a Lightning precision
         out: JSON output
@@ -69,6 +71,8 @@ def bench_finetune(
     if "masked" not in paths:
         raise ValueError("paths must include masked, the reference the ratios are taken against")
     s = PROTOCOLS[protocol]
+    if s.lr is None:  # fit chooses the lr per task; a step's speed does not depend on it
+        s = dataclasses.replace(s, lr=lr_grid(get_preset(preset).hidden_size)[1])
     config = get_preset(preset, dropout=s.dropout, attention_dropout=s.attention_dropout,
                         classifier_dropout=s.classifier_dropout, pooler=s.pooler,
                         pooler_size=s.pooler_size or get_preset(preset).hidden_size)  # fmt: skip

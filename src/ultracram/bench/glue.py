@@ -4,7 +4,9 @@ Each preset is built with random weights (speed does not depend on what the weig
 and a tokenizer trained on the embedded Wikipedia sample, then fine-tuned for one epoch on a
 fixed subset of each task's train set and evaluated on a subset of its dev set. From the
 measured seconds per example, the time of the full task under the chosen protocol (all
-train examples x epochs, plus the full dev set) is extrapolated. Ratios are against the
+train examples x epochs, plus the full dev set; for the fitted protocol also its learning-rate
+grid's runs, each on its training part x epochs plus its held-out part, as ``run_glue`` makes
+them with ``selection_runs``) is extrapolated. Ratios are against the
 first preset, measured in the same run (other processes on the machine shift the absolute
 numbers, much less the ratios).
 """
@@ -27,8 +29,8 @@ from ultracram.data.sample import read_sample_paragraphs
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
 from ultracram.settings import comma_list
-from ultracram.train.finetune import finetune_run, subsample
-from ultracram.train.finetune_settings import FinetuneSettings, resolve_settings
+from ultracram.train.finetune import finetune_run, selection_runs, subsample
+from ultracram.train.finetune_settings import FinetuneSettings, lr_grid, resolve_settings
 
 DEFAULT_PRESETS = ("crammed-bert-tiny", "bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
 
@@ -45,7 +47,7 @@ def bench_glue(
     tasks: list[str] | str = "cola,sst2,mrpc,stsb,rte,wnli",
     max_train_examples: int = 256,
     max_eval_examples: int = 256,
-    protocol: Literal["sane", "bert"] = "sane",
+    protocol: Literal["fit", "sane", "bert"] = "sane",
     device: str | None = None,
     out: str | None = "out/bench/glue.json",
 ) -> dict[str, Any]:
@@ -60,7 +62,8 @@ def bench_glue(
         tasks: comma list
         max_train_examples: train examples timed per task
         max_eval_examples: dev examples timed per task
-        protocol: protocol to extrapolate to
+        protocol: protocol to extrapolate to (fit: with its learning-rate grid's runs, timed at
+            the grid's width-scaled lr)
         device: cpu or cuda (default: cuda when available)
         out: JSON output
     """
@@ -82,15 +85,22 @@ def bench_glue(
             ckpt = _tiny_checkpoint(
                 preset, tmp_path / "ckpt", tmp_path / "tokenizer.json", tok.get_vocab_size()
             )
+            # Fit leaves the lr open: time at the grid's width-scaled step (the speed of a step does
+            # not depend on the lr). One epoch, no mid-run training states.
+            lr = lr_grid(get_preset(preset).hidden_size)[1]
+
+            def timed(full: FinetuneSettings, lr: float = lr) -> FinetuneSettings:
+                return dataclasses.replace(full, lr=full.lr or lr, epochs=1.0, checkpoint_every=10**9)
+
             # Warm-up run, not timed: first calls pay for lazy initialisation (JIT kernels, allocator).
             first_train, first_devs = data[chosen[0].name]
-            warm = dataclasses.replace(settings[chosen[0].name], epochs=1.0, checkpoint_every=10**9)
+            warm = timed(settings[chosen[0].name])
             finetune_run(ckpt, subsample(first_train, 32), [subsample(first_devs[0], 32)], warm, 0,
                          tmp_path / "warmup" / preset, device=dev)  # fmt: skip
             for t in chosen:
                 full = settings[t.name]
                 train, devs = data[t.name]
-                s = dataclasses.replace(full, epochs=1.0, checkpoint_every=10**9)
+                s = timed(full)
                 sub_train = subsample(train, max_train_examples)
                 sub_devs = [subsample(d, max_eval_examples) for d in devs]
                 start = time.perf_counter()
@@ -100,10 +110,16 @@ def bench_glue(
                 total = time.perf_counter() - start
                 per_train = r["train_seconds"] / len(sub_train)
                 per_eval = r["eval_seconds"] / sum(len(d) for d in sub_devs)
-                full_s = per_train * len(train) * full.epochs + per_eval * sum(len(d) for d in devs)
+                trained, scored = len(train), sum(len(d) for d in devs)
+                if full.lr is None:  # fit: the grid's runs come first (training part, held-out part)
+                    grid = selection_runs(ckpt, train, full, tmp_path / "select")
+                    trained += sum(len(rest) for _, rest, _, _ in grid)
+                    scored += sum(len(held) for _, _, held, _ in grid)
+                full_s = per_train * trained * full.epochs + per_eval * scored
                 rows.append({"preset": preset, "task": t.display, "train_examples": len(sub_train),
                              "seconds": total, "train_ms_per_example": 1e3 * per_train,
-                             "eval_ms_per_example": 1e3 * per_eval, "full_task_seconds": full_s})  # fmt: skip
+                             "eval_ms_per_example": 1e3 * per_eval, "full_task_seconds": full_s,
+                             "full_task_train_examples": trained, "full_task_eval_examples": scored})  # fmt: skip
     base = {r["task"]: r["full_task_seconds"] for r in rows if r["preset"] == presets[0]}
     for r in rows:
         r["ratio_vs_" + presets[0]] = r["full_task_seconds"] / base[r["task"]]
@@ -130,7 +146,9 @@ def bench_markdown(result: dict[str, Any], reference: str) -> str:
         lines.append(f"| {p} | " + " | ".join(f"{cell[p, t]['full_task_seconds'] / 60:.1f}" for t in tasks)
                      + f" | {total / 60:.1f} | {total / ref_total:.2f} |")  # fmt: skip
     return "\n".join(lines) + (
-        f"\n\nMinutes per full task ({result['protocol']} protocol, 1 seed), extrapolated from "
+        f"\n\nMinutes per full task ({result['protocol']} protocol, 1 seed"
+        + (", with the learning-rate grid's runs" if result["protocol"] == "fit" else "")
+        + "), extrapolated from "
         f"{result['max_train_examples']} train / {result['max_eval_examples']} dev examples per task; "
         f"{result['torch_threads']} torch threads.\n"
     )
