@@ -298,3 +298,19 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(argv, target, said, monkeyp
     [line] = capsys.readouterr().err.strip().splitlines()
     command = " ".join(argv[: 2 if argv[0] == "data" else 1])
     assert line.startswith(f"ultracram {command}: interrupted: ") and said in line
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["pretrain", "--budget", "3x"], "budget"),
+        (["study", "--seeds", "0"], "seeds"),
+        (["glue", "--checkpoint", "c", "--glue_dir", "g", "--finetune.epochs", "-1"], "epochs"),
+    ],
+)
+def test_print_config_refuses_values_the_run_refuses(argv, named, capsys):
+    """A configuration --print_config shows is one the command accepts: a bad value is the run's
+    one-line error (naming the key), and nothing is printed to stdout."""
+    assert main([*argv, "--print_config"]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and named in err and "Traceback" not in err

@@ -235,6 +235,16 @@ def run_command(used: list[str], fn: Any, argv: list[str]) -> Any:
     argv = normalise(argv, parser, " ".join(used))
     cls = settings_class(fn)
     check_config_files(argv, fn, cls)
+    printing = [a for a in argv if a.partition("=")[0] == "--print_config"]
+    if printing:
+        # Check the values as the run would (the settings' own checks) before printing, so that
+        # a configuration --print_config shows is one the command accepts; then print and exit.
+        parse_values(parser, [a for a in argv if a not in printing], cls)
+    return fn(**parse_values(parser, argv, cls))
+
+
+def parse_values(parser: Any, argv: list[str], cls: type | None) -> dict[str, Any]:
+    """``fn``'s keyword arguments from ``argv``: the settings dataclass built (its checks run)."""
     try:
         cfg = parser.parse_args(argv)
         values = parser.instantiate(cfg).as_dict()
@@ -249,4 +259,4 @@ def run_command(used: list[str], fn: Any, argv: list[str]) -> Any:
     if cls is not None:
         names = {f.name for f in dataclasses.fields(cls)}
         values["settings"] = cls(**{k: values.pop(k) for k in list(values) if k in names})
-    return fn(**values)
+    return values
