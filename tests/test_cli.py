@@ -4,6 +4,7 @@ settings dataclasses), config files, --print_config, dotted overrides, errors, o
 import importlib
 import inspect
 import json
+import shlex
 import subprocess
 import sys
 
@@ -99,17 +100,7 @@ def test_unknown_nested_key_and_bad_values_are_listed_together(capsys):
     err = capsys.readouterr().err
     assert "model: unknown key 'num_layer' (did you mean 'num_layers'?)" in err
     assert "lr: must be > 0" in err and "mask_rate: must be in (0, 1)" in err
-    argv = [
-        "glue",
-        "--checkpoint",
-        "c",
-        "--glue_dir",
-        "g",
-        "--per_task.rtee.epochs",
-        "3",
-        "--per_task.rte.epoch",
-        "3",
-    ]
+    argv = shlex.split("glue --checkpoint c --glue_dir g --per_task.rtee.epochs 3 --per_task.rte.epoch 3")
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "unknown task 'rtee' in per-task settings (did you mean 'rte'?)" in err
@@ -142,41 +133,11 @@ def test_config_file_then_flags_and_print_config_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        [
-            "glue",
-            "--checkpoint",
-            "a=c1",
-            "--checkpoint",
-            "c2",
-            "--glue_dir",
-            "g",
-            "--protocol",
-            "bert",
-            "--finetune.lr",
-            "2e-5",
-            "--per_task.rte.epochs",
-            "10",
-        ],
-        [
-            "study",
-            "--models",
-            "crammed-bert-tiny,fnet-tiny",
-            "--pretrain.budget",
-            "2m",
-            "--finetune.epochs",
-            "2",
-        ],
-        [
-            "doctor",
-            "--preset",
-            "bert-tiny",
-            "--model.num_layers",
-            "1",
-            "--only",
-            "labels",
-            "--only",
-            "masking",
-        ],
+        shlex.split(
+            "glue --checkpoint a=c1 --checkpoint c2 --glue_dir g --protocol bert --finetune.lr 2e-5 --per_task.rte.epochs 10"
+        ),
+        shlex.split("study --models crammed-bert-tiny,fnet-tiny --pretrain.budget 2m --finetune.epochs 2"),
+        shlex.split("doctor --preset bert-tiny --model.num_layers 1 --only labels --only masking"),
         ["data", "prepare", "--input", "a.txt", "b.txt", "--tokenizer", "t.json", "--out", "s"],
         ["bench", "ffn", "--tokens", "1,64", "--quick"],
     ],

@@ -265,21 +265,7 @@ def _route_serial(x, w_in, b_in, depth, trees, top, logits, rows, order, nodes):
         _walk(x, w_in, b_in, k * n, top, _LOGIT, order, 0, T, nodes, logits, rows, col)
         if top <= depth:
             by_subtree = _bucket_order(nodes, top)
-            _walk(
-                x,
-                w_in,
-                b_in,
-                k * n,
-                depth + 1 - top,
-                _LOGIT,
-                by_subtree,
-                0,
-                T,
-                nodes,
-                logits,
-                rows,
-                col + top,
-            )
+            _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, 0, T, nodes, logits, rows, col + top)  # fmt: skip
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True, parallel=True)
@@ -297,21 +283,7 @@ def _route_parallel(x, w_in, b_in, depth, trees, top, logits, rows, order, nodes
             by_subtree = _bucket_order(nodes, top)
             for b in prange(blocks):
                 start, stop = b * _BLOCK, min(T, (b + 1) * _BLOCK)
-                _walk(
-                    x,
-                    w_in,
-                    b_in,
-                    k * n,
-                    depth + 1 - top,
-                    _LOGIT,
-                    by_subtree,
-                    start,
-                    stop,
-                    nodes,
-                    logits,
-                    rows,
-                    col + top,
-                )
+                _walk(x, w_in, b_in, k * n, depth + 1 - top, _LOGIT, by_subtree, start, stop, nodes, logits, rows, col + top)  # fmt: skip
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
