@@ -80,6 +80,23 @@ def test_table_has_control_and_baseline_rows_with_intervals_and_seed_ranges(tmp_
     assert "model-a (no pretraining)" in h and "[80.0, 90.0]" in h and "<strong>" in h
 
 
+def test_lr_at_an_end_of_the_grid_is_marked_and_explained(tmp_path):
+    """A chosen lr at the grid's end may not be the best: the lr table marks it and says so;
+    one inside the grid is not marked (and no note when none is at an end)."""
+    from ultracram.train.glue_table import EDGE_NOTE, selection_edge
+
+    grid = [{"lr": lr, "score": s} for lr, s in [(1e-3, 0.81), (2e-3, 0.80), (5e-3, 0.54), (1e-2, 0.54)]]
+    assert selection_edge({"grid": grid, "chosen": {"lr": 1e-3}}) == "lowest"
+    assert selection_edge({"grid": grid, "chosen": {"lr": 1e-2}}) == "highest"
+    assert selection_edge({"grid": grid, "chosen": {"lr": 2e-3}}) is None
+    results = _results()
+    results[0].glue_entry["tasks"]["sst2"]["selection"] = {"grid": grid, "chosen": {"lr": 1e-3}}
+    text = write_report(tmp_path / "edge", results, {}, [_dev()])[0].read_text()
+    assert "| model-a | 0.001 (lowest of grid) |" in text and "| model-b | 0.001 |" in text
+    assert EDGE_NOTE in text
+    assert EDGE_NOTE not in write_report(tmp_path / "inside", _results(), {}, [_dev()])[0].read_text()
+
+
 def test_summary_says_not_distinguishable_beats_and_at_chance_in_bold():
     parts = dict(summary(_results(), [_dev()]))
     text = "\n".join(s for sentences in parts.values() for s in sentences)

@@ -39,7 +39,7 @@ from ultracram.report.compare import (
     describe_pair,
 )
 from ultracram.train.baselines import BOW, MAJORITY, N_BOOT
-from ultracram.train.glue_table import comparison_sentences
+from ultracram.train.glue_table import EDGE_NOTE, chosen_lr_text, comparison_sentences
 
 COLUMNS = {c.label: c for c in eval_columns()}
 
@@ -129,10 +129,11 @@ def _loss_cell(m: dict[str, Any] | None) -> str:
     return f"{m['loss']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 
-def _chosen_lrs(r: ModelResult) -> dict[str, float]:
-    """Task display name -> the lr the fit protocol chose (empty for the other protocols)."""
+def _chosen_lrs(r: ModelResult) -> dict[str, str]:
+    """Task display name -> the lr the fit protocol chose, marked at an end of its grid (empty
+    for the other protocols)."""
     tasks = (r.glue_entry or {}).get("tasks", {})
-    return {TASKS[t].display: e["selection"]["chosen"]["lr"] for t, e in tasks.items()
+    return {TASKS[t].display: chosen_lr_text(e["selection"]) for t, e in tasks.items()
             if t in TASKS and (e.get("selection") or {}).get("chosen")}  # fmt: skip
 
 
@@ -166,9 +167,12 @@ def lr_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]] | 
     if not chosen:
         return None
     tasks = list(dict.fromkeys(t for lrs in chosen.values() for t in lrs))
-    return ["model", *tasks], [
-        [m, *(f"{lrs[t]:g}" if t in lrs else "-" for t in tasks)] for m, lrs in chosen.items()
-    ]
+    return ["model", *tasks], [[m, *(lrs.get(t, "-") for t in tasks)] for m, lrs in chosen.items()]
+
+
+def _at_edge(lrs: tuple[list[str], list[list[str]]]) -> bool:
+    """Whether a cell of ``lr_table`` is marked as an end of the grid."""
+    return any("of grid" in cell for row in lrs[1] for cell in row[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +452,7 @@ def write_report(
             "",
         ]
         md += _md_table(*lrs)
+        md += ["", EDGE_NOTE] if _at_edge(lrs) else []
     if parts:
         md += ["", "## Summary (generated from the numbers above)"]
         for intro, sentences in parts:
@@ -473,6 +478,7 @@ def write_report(
     if lrs:
         body += ["<p>Learning rates chosen by the fit protocol on held-out training examples (never on dev):</p>",
                  _html_table(*lrs)]  # fmt: skip
+        body += [f"<p>{_inline_html(EDGE_NOTE)}</p>"] if _at_edge(lrs) else []
     if parts:
         body.append("<h2>Summary (generated from the numbers above)</h2>")
         body += [f"<p>{_inline_html(intro)}</p>{bullets(sentences)}" for intro, sentences in parts]

@@ -23,6 +23,28 @@ SIGNIFICANCE = 0.05
 """Level of the paired tests in the sentences below the table."""
 
 
+EDGE_NOTE = (
+    "An lr marked lowest or highest of grid is the grid's end: the held-out score may still improve "
+    "beyond it, so that cell may understate the model (try a fixed lr past it with --per_task.TASK.lr)."
+)
+
+
+def selection_edge(selection: dict[str, Any]) -> str | None:
+    """ "lowest" or "highest" when the fitted protocol chose an end of its learning-rate grid
+    (the best lr may lie beyond it), else None."""
+    lrs = [g["lr"] for g in selection.get("grid", [])]
+    lr = (selection.get("chosen") or {}).get("lr")
+    if len(lrs) < 2 or lr is None:
+        return None
+    return "lowest" if lr == min(lrs) else "highest" if lr == max(lrs) else None
+
+
+def chosen_lr_text(selection: dict[str, Any]) -> str:
+    """``2e-3``, or ``1e-3 (lowest of grid)`` at an end of the grid."""
+    edge = selection_edge(selection)
+    return f"{selection['chosen']['lr']:g}" + (f" ({edge} of grid)" if edge else "")
+
+
 def _cell(r: dict[str, Any] | None, metric: str) -> str:
     """``81.2 [78.9, 83.4]``: the score x100 and its bootstrap interval (when there is one)."""
     if not r:
@@ -76,12 +98,15 @@ def glue_markdown(results: dict[str, Any]) -> str:
             f"Baselines, trained on the same training examples: {MAJORITY} = the most frequent training label "
             f"(STS-B: the mean score); {BOW} = TF-IDF of word 1-2-grams + logistic regression (STS-B: ridge)."
         )
-    chosen = [f"{e['label']}: " + ", ".join(f"{TASKS[t].display} {r['selection']['chosen']['lr']:g}"
+    chosen = [f"{e['label']}: " + ", ".join(f"{TASKS[t].display} {chosen_lr_text(r['selection'])}"
                                              for t, r in e["tasks"].items() if r.get("selection"))
               for e in results["checkpoints"] if any(r.get("selection") for r in e["tasks"].values())]  # fmt: skip
     if chosen:
         foot.append("Learning rates chosen on held-out training examples (never on dev), from a grid scaled to "
                     "the model's width: " + "; ".join(chosen) + ".")  # fmt: skip
+        if any(selection_edge(r["selection"]) for e in results["checkpoints"] for r in e["tasks"].values()
+               if r.get("selection")):  # fmt: skip
+            foot.append(EDGE_NOTE)
     for e in results["checkpoints"]:
         a = e["average"]
         if not a["complete"]:
