@@ -6,9 +6,8 @@ fixed subset of each task's train set and evaluated on a subset of its dev set. 
 measured seconds per example, the time of the full task under the chosen protocol (all
 train examples x epochs, plus the full dev set; for the fitted protocol also its learning-rate
 grid's runs, each on its training part x epochs plus its held-out part, as ``run_glue`` makes
-them with ``selection_runs``) is extrapolated. Ratios are against the
-first preset, measured in the same run (other processes on the machine shift the absolute
-numbers, much less the ratios).
+them with ``selection_runs``) is extrapolated. Ratios are against the first preset, measured in
+the same run (other processes on the machine shift the absolute numbers, much less the ratios).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ EDGE_NOTE = (
 
 
 def selection_edge(selection: dict[str, Any]) -> str | None:
-    """ "lowest" or "highest" when the fitted protocol chose an end of its learning-rate grid
-    (the best lr may lie beyond it), else None."""
+    """Which end of its learning-rate grid the fitted protocol chose ("lowest" or "highest"; the
+    best lr may lie beyond it), or None when the choice is inside the grid."""
     lrs = [g["lr"] for g in selection.get("grid", [])]
     lr = (selection.get("chosen") or {}).get("lr")
     if len(lrs) < 2 or lr is None:
