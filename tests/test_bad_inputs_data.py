@@ -340,8 +340,17 @@ def test_prepare_overwrite_swaps_only_on_success(tmp_path, assets, capsys):
         s["file"] for s in TokenShards(out).manifest["shards"]
     ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.")]  # no leftovers
-    # the same settings again: rebuilt in place of the old one, no --overwrite needed
+    # the same settings again: nothing to do, the shards are not rewritten
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(_prep(tmp_path, assets, "--seq_len", "32", out=out)) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # ... unless a shard is damaged: then it is rebuilt (no --overwrite needed, same settings)
+    shard = sorted(out.glob("shard_*"))[0]
+    good = shard.read_bytes()
+    shard.write_bytes(b"\0" * len(good))
+    assert main(_prep(tmp_path, assets, "--seq_len", "32", out=out)) == 0
+    assert shard.read_bytes() == good
 
 
 def test_tokenizer_overwrite(tmp_path, assets, capsys):

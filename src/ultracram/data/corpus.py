@@ -297,7 +297,8 @@ def prepare_corpus(
     threads). With ``resume`` (default), a killed run with the same settings continues after its
     last complete shard; otherwise (or when the settings differ) it starts over.
 
-    A finished prepare already in ``out_dir`` is never removed before the new one is complete:
+    A finished prepare with the same settings whose shards are intact is kept as it is (nothing
+    to do). A finished prepare already in ``out_dir`` is never removed before the new one is complete:
     the new one is built in a temporary sibling and swapped in (other files of ``out_dir`` are
     kept); with different settings it is replaced only with ``overwrite`` (else a
     ``RunMismatchError`` before any work). An unwritable ``out_dir``, a ``manifest.json`` that is
@@ -542,6 +543,13 @@ def prepare_corpus(
     # A finished prepare is replaced only once the new one is complete: built in a sibling
     # directory (with every file of out_dir that is not the prepare's own linked in) and swapped.
     changed = sorted(k for k, v in settings.items() if finished.get(k) != v)
+    if not changed and _intact(out_dir, finished):
+        # The same inputs (path, size, mtime), tokenizer and settings give the same bytes: a
+        # rerun (a resumed study, a repeated command) has nothing to do.
+        print(
+            f"{out_dir}: already prepared with these settings, shards intact: nothing to do", file=sys.stderr
+        )
+        return finished
     if changed and not overwrite:
         raise RunMismatchError(
             f"{out_dir / MANIFEST} records a finished prepare with different settings ({', '.join(changed)}); "
@@ -578,6 +586,15 @@ def _is_prepare_file(name: str) -> bool:
     """Whether ``name`` in an output directory is written by ``prepare_corpus`` itself."""
     return (name in (MANIFEST, TOKENIZER) or bool(re.fullmatch(r"(shard|val)_\d{5}\.bin", name))
             or bool(re.fullmatch(r"\..+\.tmp(-\d+)?", name)))  # fmt: skip
+
+
+def _intact(out_dir: Path, manifest: dict) -> bool:
+    """Whether every shard a finished manifest lists (training and validation) is there with
+    its recorded sha256."""
+    files = [*manifest.get("shards", []), *(manifest.get("validation") or [])]
+    return all(
+        (out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in files
+    )
 
 
 def _finished_manifest(out_dir: Path) -> dict | None:
