@@ -15,8 +15,9 @@ from ultracram.data.glue import load_glue_tsv
 from ultracram.data.sample import sample_glue_dir
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
-from ultracram.train.finetune import HOLDOUT, choose_lr, holdout_split, run_glue
-from ultracram.train.finetune_settings import PROTOCOLS, holdout_size, lr_grid, resolve_settings
+from ultracram.train import finetune
+from ultracram.train.finetune import HOLDOUT, choose_lr, holdout_split, run_glue, select_lr
+from ultracram.train.finetune_settings import PROTOCOLS, holdout_size, lr_beyond, lr_grid, resolve_settings
 
 
 def test_lr_grid_is_scaled_to_the_width():
@@ -66,6 +67,44 @@ def test_choice_prefers_the_best_score_then_the_centre_and_never_a_diverged_run(
     grid[0]["score"] = -0.2  # a negative correlation still beats a diverged run
     assert choose_lr(grid, 1e-3)["lr"] == 5e-4
     assert choose_lr([{"lr": 1e-3, "score": None}, {"lr": 1e-4, "score": -0.1}], 1e-3)["lr"] == 1e-4
+
+
+def test_the_grid_is_extended_past_an_end_that_wins():
+    grid = lr_grid(64)  # 1e-3 .. 1e-2
+    assert lr_beyond(grid, 2e-3, grid) is None  # inside: nothing more
+    assert lr_beyond(grid, 1e-3, grid) == 5e-4 and lr_beyond(grid, 1e-2, grid) == 2e-2
+    assert lr_beyond([5e-4, *grid], 5e-4, grid) == 2e-4  # still the lowest: one more step
+    assert lr_beyond([2e-4, 5e-4, *grid], 2e-4, grid) is None  # at most two steps past the grid
+    assert lr_beyond([5e-4, *grid], 1e-3, grid) is None  # the extension lost: the choice is inside
+    assert lr_beyond((1e-6, 2e-6), 1e-6, (1e-6, 2e-6)) is None  # the ladder's end
+
+
+@pytest.mark.parametrize(
+    "peak, tried, chosen",
+    [
+        (2e-3, [1e-3, 2e-3, 5e-3, 1e-2], 2e-3),  # inside the grid: the four runs only
+        (5e-4, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2], 5e-4),  # below: two steps down, the first wins
+        (1e-4, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2], 2e-4),  # far below: stops after two, at the end
+        (2e-2, [1e-3, 2e-3, 5e-3, 1e-2, 2e-2], 2e-2),  # above: 2e-2 wins, the ladder ends there
+    ],
+)
+def test_selection_tries_past_the_grid_until_the_best_is_inside(tiny_checkpoint, tmp_path, monkeypatch, peak,
+                                                                 tried, chosen):  # fmt: skip
+    """select_lr's loop with the runs replaced by a held-out score peaked (in log lr) at ``peak``."""
+    runs = []
+
+    def fake_run(checkpoint, train, devs, s, seed, run_dir, **kw):
+        runs.append(s.lr)
+        assert run_dir.name == f"lr-{s.lr:g}" and [d.split for d in devs] == [HOLDOUT]
+        return {"metrics": {HOLDOUT: {"accuracy": 0.9 - 0.1 * abs(np.log(s.lr / peak))}}}
+
+    monkeypatch.setattr(finetune, "finetune_run", fake_run)
+    train = load_glue_tsv("sst2", sample_glue_dir() / "SST-2" / "train.tsv")
+    settings = resolve_settings([get_task("sst2")], "fit")["sst2"]
+    sel = select_lr(tiny_checkpoint, train, settings, tmp_path, fabric=None, log=lambda _: None)
+    assert sorted(runs) == tried and runs[:4] == list(lr_grid(64))  # the grid first, then outwards
+    assert [g["lr"] for g in sel["grid"]] == tried and sel["extended"] == len(tried) - 4
+    assert sel["chosen"]["lr"] == chosen
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ from ultracram.train.finetune_settings import (
     FinetuneError,
     FinetuneSettings,
     holdout_size,
+    lr_beyond,
     lr_grid,
     resolve_settings,
 )
@@ -671,25 +672,40 @@ def select_lr(
     on held-out training examples (``selection_runs``, seed ``SELECT_SEED``); the dev set is
     neither passed nor read, so its labels cannot influence the choice. Ties (a small held-out
     set often scores every lr at the majority class) go to the lr nearest the width-scaled
-    guess (the grid's second); a run that diverges scores below every other. Returns what the
-    results record: {metric, seed, holdout_examples, select_train_examples, grid: [{lr, score}],
+    guess (the grid's second); a run that diverges scores below every other. When the best is
+    an end of the grid, the ladder's next step past it is run too, up to ``LR_EXTEND_MAX`` steps
+    (``lr_beyond``). Returns what the results record: {metric, seed, holdout_examples,
+    select_train_examples, grid: [{lr, score}] (ascending lr), extended (runs past the grid),
     chosen: {lr}}."""
     metric = train.task.main_metric
     runs = selection_runs(checkpoint, train, settings, run_root)
-    grid = []
-    for run_dir, rest, held, s in runs:
+    _, rest, held, _ = runs[0]  # every run trains on the same part and is scored on the same held-out part
+    grid: list[dict[str, Any]] = []
+
+    def run(lr: float) -> None:
+        s = dataclasses.replace(settings, lr=lr)
         try:
-            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_dir, fabric=fabric, fff=fff,
-                             progress=progress, label=f"{label} lr {s.lr:g}")  # fmt: skip
-            grid.append({"lr": s.lr, "score": r["metrics"][HOLDOUT][metric]})
+            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_root / f"lr-{lr:g}", fabric=fabric,
+                             fff=fff, progress=progress, label=f"{label} lr {lr:g}")  # fmt: skip
+            grid.append({"lr": lr, "score": r["metrics"][HOLDOUT][metric]})
         except DivergedError as e:
-            grid.append({"lr": s.lr, "score": None, "diverged": str(e)})
-    best = choose_lr(grid, centre=runs[1][3].lr)  # the width-scaled guess (lr_grid)
-    log(f"{label}: lr chosen on {len(runs[0][2])} held-out training examples ({metric}): "
+            grid.append({"lr": lr, "score": None, "diverged": str(e)})
+
+    base = [s.lr for _, _, _, s in runs]
+    for lr in base:
+        run(lr)
+    best = choose_lr(grid, centre=base[1])  # the width-scaled guess (lr_grid)
+    # The best at an end of the grid: try past it (up to LR_EXTEND_MAX steps) until it is inside.
+    while (lr := lr_beyond([g["lr"] for g in grid], best["lr"], base)) is not None:
+        run(lr)
+        best = choose_lr(grid, centre=base[1])
+    grid.sort(key=lambda g: g["lr"])
+    log(f"{label}: lr chosen on {len(held)} held-out training examples ({metric}): "
         + ", ".join(f"{g['lr']:g} -> " + ("diverged" if g["score"] is None else f"{g['score']:.4f}") for g in grid)
         + f"; chosen {best['lr']:g}")  # fmt: skip
-    return {"metric": metric, "seed": SELECT_SEED, "holdout_examples": len(runs[0][2]),
-            "select_train_examples": len(runs[0][1]), "grid": grid, "chosen": {"lr": best["lr"]}}  # fmt: skip
+    return {"metric": metric, "seed": SELECT_SEED, "holdout_examples": len(held),
+            "select_train_examples": len(rest), "grid": grid, "extended": len(grid) - len(base),
+            "chosen": {"lr": best["lr"]}}  # fmt: skip
 
 
 def run_glue(

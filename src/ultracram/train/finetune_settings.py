@@ -145,6 +145,11 @@ LR_REFERENCE = (4e-5, 768)
 LR_WIDTH_EXPONENT = 1.5
 """The guess is LR_REFERENCE's lr x (its width / the model's width) ** this."""
 
+LR_EXTEND_MAX = 2
+"""When the best lr is an end of the grid, up to this many further ladder steps past it are
+tried, one at a time, until the best lies inside (the width rule is a guess: bert-tiny's best
+SST-2 lr lay below its grid, docs/glue.md)."""
+
 HOLDOUT_FRACTION = 0.1
 """Share of the training examples held out to choose the learning rate on (fit protocol)..."""
 HOLDOUT_MIN, HOLDOUT_MAX = 100, 2000
@@ -163,6 +168,17 @@ def lr_grid(hidden_size: int) -> tuple[float, ...]:
     i = min(range(len(LR_LADDER)), key=lambda k: abs(math.log(LR_LADDER[k] / center)))
     i = min(max(i, 1), len(LR_LADDER) - 3)  # keep one step below and two above
     return LR_LADDER[i - 1 : i + 3]
+
+
+def lr_beyond(tried: Sequence[float], chosen: float, grid: Sequence[float]) -> float | None:
+    """The next lr to try after ``tried`` (the lrs run so far, ``grid`` and any extension) chose
+    ``chosen``: the ladder's step past it when it is the lowest or highest tried, at most
+    LR_EXTEND_MAX steps beyond ``grid``; None when the choice is inside, or no step is left."""
+    if len(tried) - len(grid) >= LR_EXTEND_MAX or chosen not in LR_LADDER:
+        return None
+    step = -1 if chosen == min(tried) else 1 if chosen == max(tried) else 0
+    i = LR_LADDER.index(chosen) + step
+    return LR_LADDER[i] if step and 0 <= i < len(LR_LADDER) else None
 
 
 def holdout_size(n: int) -> int:

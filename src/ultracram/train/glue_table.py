@@ -24,8 +24,9 @@ SIGNIFICANCE = 0.05
 
 
 EDGE_NOTE = (
-    "An lr marked lowest or highest of grid is the grid's end: the held-out score may still improve "
-    "beyond it, so that cell may understate the model (try a fixed lr past it with --per_task.TASK.lr)."
+    "An lr marked lowest or highest of grid is still an end of the grid after the steps tried past it "
+    "(at most two): the held-out score may improve further out, so that cell may understate the model "
+    "(try a fixed lr further out with --per_task.TASK.lr)."
 )
 
 
