@@ -642,6 +642,11 @@ def holdout_split(train: GlueSplit) -> tuple[GlueSplit, GlueSplit]:
     return train.subset(sorted(order[held_n:])), held
 
 
+def select_dir(run_root: Path, lr: float) -> Path:
+    """The directory of the selection run at ``lr`` (``lr-0.002``)."""
+    return run_root / f"lr-{lr:g}"
+
+
 def selection_runs(
     checkpoint: str | Path, train: GlueSplit, settings: FinetuneSettings, run_root: Path
 ) -> list[tuple[Path, GlueSplit, GlueSplit, FinetuneSettings]]:
@@ -652,7 +657,7 @@ def selection_runs(
     rest = subsample(rest, SELECT_MAX_TRAIN)
     hidden = read_checkpoint_config(checkpoint)["model"]["hidden_size"]
     return [
-        (run_root / f"lr-{lr:g}", rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)
+        (select_dir(run_root, lr), rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)
     ]
 
 
@@ -685,7 +690,7 @@ def select_lr(
     def run(lr: float) -> None:
         s = dataclasses.replace(settings, lr=lr)
         try:
-            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_root / f"lr-{lr:g}", fabric=fabric,
+            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, select_dir(run_root, lr), fabric=fabric,
                              fff=fff, progress=progress, label=f"{label} lr {lr:g}")  # fmt: skip
             grid.append({"lr": lr, "score": r["metrics"][HOLDOUT][metric]})
         except DivergedError as e:
