@@ -147,8 +147,8 @@ LR_WIDTH_EXPONENT = 1.5
 
 LR_EXTEND_MAX = 2
 """When the best lr is an end of the grid, up to this many further ladder steps past it are
-tried, one at a time, until the best lies inside (the width rule is a guess: bert-tiny's best
-SST-2 lr lay below its grid, docs/glue.md)."""
+tried, one at a time, until the best lies inside (the width rule is a guess: crammed-bert-tiny
+after 10M tokens chose 5e-4 on CoLA and 2e-2 on MRPC, both past its grid; docs/glue.md)."""
 
 HOLDOUT_FRACTION = 0.1
 """Share of the training examples held out to choose the learning rate on (fit protocol)..."""
