@@ -543,7 +543,7 @@ def prepare_corpus(
     # A finished prepare is replaced only once the new one is complete: built in a sibling
     # directory (with every file of out_dir that is not the prepare's own linked in) and swapped.
     changed = sorted(k for k, v in settings.items() if finished.get(k) != v)
-    if not changed and _intact(out_dir, finished):
+    if not changed and _intact(out_dir, [*finished.get("shards", []), *(finished.get("validation") or [])]):
         # The same inputs (path, size, mtime), tokenizer and settings give the same bytes: a
         # rerun (a resumed study, a repeated command) has nothing to do.
         print(
@@ -588,10 +588,9 @@ def _is_prepare_file(name: str) -> bool:
             or bool(re.fullmatch(r"\..+\.tmp(-\d+)?", name)))  # fmt: skip
 
 
-def _intact(out_dir: Path, manifest: dict) -> bool:
-    """Whether every shard a finished manifest lists (training and validation) is there with
-    its recorded sha256."""
-    files = [*manifest.get("shards", []), *(manifest.get("validation") or [])]
+def _intact(out_dir: Path, files: list[dict]) -> bool:
+    """Whether every shard of a manifest's list ({file, sha256, ...}) is in ``out_dir`` with its
+    recorded sha256."""
     return all(
         (out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in files
     )
@@ -663,11 +662,7 @@ def _resume_state(out_dir: Path, settings: dict) -> dict | None:
         return None
     if any(old.get(k) != v for k, v in settings.items()):
         return None
-    for s in old.get("shards", []):
-        f = out_dir / s["file"]
-        if not f.is_file() or sha256_file(f) != s["sha256"]:
-            return None
-    return old
+    return old if _intact(out_dir, old.get("shards", [])) else None
 
 
 def _clean_dir(out_dir: Path, keep: set[str]) -> None:

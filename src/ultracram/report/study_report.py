@@ -39,7 +39,7 @@ from ultracram.report.compare import (
     describe_pair,
 )
 from ultracram.train.baselines import BOW, MAJORITY, N_BOOT
-from ultracram.train.glue_table import EDGE_NOTE, chosen_lr_text, comparison_sentences
+from ultracram.train.glue_table import EDGE_NOTE, chosen_lr_text, comparison_sentences, selection_edge
 
 COLUMNS = {c.label: c for c in eval_columns()}
 
@@ -170,9 +170,11 @@ def lr_table(results: list[ModelResult]) -> tuple[list[str], list[list[str]]] | 
     return ["model", *tasks], [[m, *(lrs.get(t, "-") for t in tasks)] for m, lrs in chosen.items()]
 
 
-def _at_edge(lrs: tuple[list[str], list[list[str]]]) -> bool:
-    """Whether a cell of ``lr_table`` is marked as an end of the grid."""
-    return any("of grid" in cell for row in lrs[1] for cell in row[1:])
+def _at_edge(results: list[ModelResult]) -> bool:
+    """Whether the fit protocol chose an end of its grid for some model and task (``lr_table``
+    marks those cells)."""
+    return any(selection_edge(e["selection"]) for r in results
+               for e in (r.glue_entry or {}).get("tasks", {}).values() if e.get("selection"))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +454,7 @@ def write_report(
             "",
         ]
         md += _md_table(*lrs)
-        md += ["", EDGE_NOTE] if _at_edge(lrs) else []
+        md += ["", EDGE_NOTE] if _at_edge(results) else []
     if parts:
         md += ["", "## Summary (generated from the numbers above)"]
         for intro, sentences in parts:
@@ -478,7 +480,7 @@ def write_report(
     if lrs:
         body += ["<p>Learning rates chosen by the fit protocol on held-out training examples (never on dev):</p>",
                  _html_table(*lrs)]  # fmt: skip
-        body += [f"<p>{_inline_html(EDGE_NOTE)}</p>"] if _at_edge(lrs) else []
+        body += [f"<p>{_inline_html(EDGE_NOTE)}</p>"] if _at_edge(results) else []
     if parts:
         body.append("<h2>Summary (generated from the numbers above)</h2>")
         body += [f"<p>{_inline_html(intro)}</p>{bullets(sentences)}" for intro, sentences in parts]

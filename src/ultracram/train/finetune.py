@@ -887,11 +887,8 @@ def run_glue(
     for ckpt, label in zip(checkpoints, labels, strict=True):
         entry: dict[str, Any] = {"label": label, "path": str(ckpt), "tasks": {}}
         for name, (train, devs) in data.items():
-            root, task_settings, selection = (
-                out / "runs" / label.replace("/", "__") / name,
-                settings[name],
-                None,
-            )
+            root = out / "runs" / label.replace("/", "__") / name
+            task_settings, selection = settings[name], None
             if task_settings.lr is None:  # the fitted protocol: choose the lr first, without the dev set
                 selection = select_lr(ckpt, train, task_settings, root / "select", fabric=fabric, fff=fff,
                                       progress=progress and fabric.global_rank == 0,
