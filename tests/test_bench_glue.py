@@ -28,8 +28,9 @@ def test_fixed_protocol_counts_the_train_set_times_epochs(runs):
     n = len(load_split(TASKS["rte"], "train", [str(sample_glue_dir())]))
     dev = len(load_split(TASKS["rte"], "dev", [str(sample_glue_dir())]))
     (row,) = runs["sane"]["rows"]
-    assert (row["full_task_train_examples"], row["full_task_eval_examples"]) == (n, dev)
-    expected = row["train_ms_per_example"] * n * PROTOCOLS["sane"].epochs + row["eval_ms_per_example"] * dev
+    epochs = PROTOCOLS["sane"].epochs
+    assert (row["full_task_trained_examples"], row["full_task_eval_examples"]) == (n * epochs, dev)
+    expected = row["train_ms_per_example"] * n * epochs + row["eval_ms_per_example"] * dev
     assert row["full_task_seconds"] == pytest.approx(expected / 1e3)
 
 
@@ -39,10 +40,12 @@ def test_fit_counts_its_learning_rate_grid(runs):
     held = holdout_size(n)
     grid = len(lr_grid(64))  # crammed-bert-tiny's width
     (row,) = runs["fit"]["rows"]
-    assert row["full_task_train_examples"] == n + grid * min(n - held, SELECT_MAX_TRAIN)
+    epochs = PROTOCOLS["fit"].epochs  # the final run's too: the grid's runs trained on all but the held-out
+    assert n - held <= SELECT_MAX_TRAIN
+    assert row["full_task_trained_examples"] == (n + grid * (n - held)) * epochs
     assert row["full_task_eval_examples"] == dev + grid * held
     expected = (
-        row["train_ms_per_example"] * row["full_task_train_examples"] * PROTOCOLS["fit"].epochs
+        row["train_ms_per_example"] * row["full_task_trained_examples"]
         + row["eval_ms_per_example"] * row["full_task_eval_examples"]
     )
     assert row["full_task_seconds"] == pytest.approx(expected / 1e3)

@@ -16,8 +16,15 @@ from ultracram.data.sample import sample_glue_dir
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
 from ultracram.train import finetune
-from ultracram.train.finetune import HOLDOUT, choose_lr, holdout_split, run_glue, select_lr
-from ultracram.train.finetune_settings import PROTOCOLS, holdout_size, lr_beyond, lr_grid, resolve_settings
+from ultracram.train.finetune import HOLDOUT, choose_lr, final_epochs, holdout_split, run_glue, select_lr
+from ultracram.train.finetune_settings import (
+    PROTOCOLS,
+    SELECT_MAX_TRAIN,
+    holdout_size,
+    lr_beyond,
+    lr_grid,
+    resolve_settings,
+)
 
 
 def test_lr_grid_is_scaled_to_the_width():
@@ -165,3 +172,31 @@ def test_selection_never_reads_the_dev_labels(tiny_checkpoint, tmp_path):
     # A rerun reuses every run, the selection's included.
     again = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], tmp_path / "real", **common)
     assert again["checkpoints"] == real["checkpoints"]
+
+
+def test_final_run_takes_the_selection_runs_steps_when_they_trained_on_a_subset():
+    """SST-2 (67,349 examples, 2,000 held out, the grid on 8,000): the final run on all of them
+    takes 5 x 8,000 / 67,349 epochs, as many examples (so steps) as a selection run; a task whose
+    selection runs trained on everything not held out keeps the protocol's epochs."""
+    n, held = 67349, holdout_size(67349)
+    assert held == 2000
+    epochs = final_epochs(5.0, n, SELECT_MAX_TRAIN, held)
+    assert epochs * n == pytest.approx(5.0 * SELECT_MAX_TRAIN)
+    assert final_epochs(5.0, 2000, 2000 - holdout_size(2000), holdout_size(2000)) == 5.0
+
+
+def test_run_glue_final_run_is_as_long_as_a_selection_run(tiny_checkpoint, tmp_path, monkeypatch):
+    """With the grid's runs on a subset (SELECT_MAX_TRAIN lowered to 60 of the 120 not held out),
+    the final run trains on all 160 examples for as many steps as each selection run took."""
+    monkeypatch.setattr(finetune, "SELECT_MAX_TRAIN", 60)
+    r = run_glue([f"m={tiny_checkpoint}"], [sample_glue_dir()], tmp_path, tasks="sst2", protocol="fit",
+                 overrides={"epochs": 2, "max_train_examples": 160, "pooler": "mean"}, log=lambda _: None,
+                 progress=False)  # fmt: skip
+    selection = r["checkpoints"][0]["tasks"]["sst2"]["selection"]
+    assert selection["select_train_examples"] == 60
+    assert selection["final_epochs"] == pytest.approx(2 * 60 / 160)
+    runs = tmp_path / "runs" / "m" / "sst2"
+    final = json.loads((runs / "seed-0" / "result.json").read_text())
+    chosen = json.loads((runs / "select" / f"lr-{selection['chosen']['lr']:g}" / "result.json").read_text())
+    assert final["train_examples"] == 160 and final["settings"]["epochs"] == pytest.approx(0.75)
+    assert final["steps"] == chosen["steps"] == 8  # ceil(60 / 16) = 4 steps per epoch, 2 epochs

@@ -6,7 +6,7 @@ fixed subset of each task's train set and evaluated on a subset of its dev set. 
 measured seconds per example, the time of the full task under the chosen protocol (all
 train examples x epochs, plus the full dev set; for the fitted protocol also its learning-rate
 grid's runs, each on its training part x epochs plus its held-out part, as ``run_glue`` makes
-them with ``selection_runs``) is extrapolated. Ratios are against the first preset, measured in
+them with ``selection_runs``, and its final run's ``final_epochs``) is extrapolated. Ratios are against the first preset, measured in
 the same run (other processes on the machine shift the absolute numbers, much less the ratios).
 """
 
@@ -28,7 +28,7 @@ from ultracram.data.sample import read_sample_paragraphs
 from ultracram.data.tokenizer import train_tokenizer
 from ultracram.model import build_model
 from ultracram.settings import comma_list
-from ultracram.train.finetune import finetune_run, selection_runs, subsample
+from ultracram.train.finetune import final_epochs, finetune_run, selection_runs, subsample
 from ultracram.train.finetune_settings import FinetuneSettings, lr_grid, resolve_settings
 
 DEFAULT_PRESETS = ("crammed-bert-tiny", "bert-tiny", "ultrafastbert-tiny", "fnet-tiny", "switch-tiny")
@@ -109,16 +109,19 @@ def bench_glue(
                 total = time.perf_counter() - start
                 per_train = r["train_seconds"] / len(sub_train)
                 per_eval = r["eval_seconds"] / sum(len(d) for d in sub_devs)
-                trained, scored = len(train), sum(len(d) for d in devs)
+                trained = len(train) * full.epochs  # examples x epochs
+                scored = sum(len(d) for d in devs)
                 if full.lr is None:  # fit: the grid's runs come first (training part, held-out part)
                     grid = selection_runs(ckpt, train, full, tmp_path / "select")
-                    trained += sum(len(rest) for _, rest, _, _ in grid)
-                    scored += sum(len(held) for _, _, held, _ in grid)
-                full_s = per_train * trained * full.epochs + per_eval * scored
+                    _, rest, held, _ = grid[0]
+                    trained = len(train) * final_epochs(full.epochs, len(train), len(rest), len(held))
+                    trained += len(grid) * len(rest) * full.epochs
+                    scored += len(grid) * len(held)
+                full_s = per_train * trained + per_eval * scored
                 rows.append({"preset": preset, "task": t.display, "train_examples": len(sub_train),
                              "seconds": total, "train_ms_per_example": 1e3 * per_train,
                              "eval_ms_per_example": 1e3 * per_eval, "full_task_seconds": full_s,
-                             "full_task_train_examples": trained, "full_task_eval_examples": scored})  # fmt: skip
+                             "full_task_trained_examples": trained, "full_task_eval_examples": scored})  # fmt: skip
     base = {r["task"]: r["full_task_seconds"] for r in rows if r["preset"] == presets[0]}
     for r in rows:
         r["ratio_vs_" + presets[0]] = r["full_task_seconds"] / base[r["task"]]

@@ -19,7 +19,8 @@ default) fits the learning rate to the model: per task and checkpoint, four runs
 scaled to the model's width (``finetune_settings.lr_grid``: 1e-3 to 1e-2 at hidden 64)
 train on the training set less a held-out part (``holdout_split``: 10%, 100 to 2,000 examples)
 and are scored on that part; the best lr then trains on the whole training set and is scored
-on dev once (``select_lr``). The dev labels never enter the choice, so the dev score is not
+on dev once (``select_lr``), for as many steps as the selection runs took when they trained on
+a subset (``final_epochs``: SST-2's 67,349 examples). The dev labels never enter the choice, so the dev score is not
 selected on (tests/test_finetune_fit.py shuffles them and gets the same choice).
 
 Each (checkpoint, task, seed) run shows its progress (``ultracram.progress``: a bar on a terminal,
@@ -661,6 +662,17 @@ def selection_runs(
     ]
 
 
+def final_epochs(epochs: float, train: int, select_train: int, held: int) -> float:
+    """The fitted protocol's epochs for the final runs on all ``train`` examples, given the
+    selection runs' ``epochs`` over ``select_train`` examples (``held`` held out): unchanged
+    when the selection runs trained on every example not held out; when they trained on a
+    ``SELECT_MAX_TRAIN`` subset, as many optimizer steps as they took (SST-2: 5 x 8,000 /
+    67,349 = 0.59 epochs, 2,500 steps, not 21,050): the lr is chosen for a run of that length,
+    and on the study's checkpoints a run 8x longer at the chosen lr scored 1-2 points lower
+    (docs/study.md)."""
+    return epochs if select_train >= train - held else epochs * select_train / train
+
+
 def choose_lr(grid: Sequence[dict[str, Any]], centre: float) -> dict[str, Any]:
     """The best of ``grid`` ([{lr, score}], score None for a diverged run): the highest score;
     among equal scores the lr nearest ``centre`` (in log scale); a diverged run only if all did."""
@@ -681,7 +693,7 @@ def select_lr(
     an end of the grid, the ladder's next step past it is run too, up to ``LR_EXTEND_MAX`` steps
     (``lr_beyond``). Returns what the results record: {metric, seed, holdout_examples,
     select_train_examples, grid: [{lr, score}] (ascending lr), extended (runs past the grid),
-    chosen: {lr}}."""
+    chosen: {lr}, final_epochs (``final_epochs``)}."""
     metric = train.task.main_metric
     runs = selection_runs(checkpoint, train, settings, run_root)
     _, rest, held, _ = runs[0]  # every run trains on the same part and is scored on the same held-out part
@@ -710,7 +722,8 @@ def select_lr(
         + f"; chosen {best['lr']:g}")  # fmt: skip
     return {"metric": metric, "seed": SELECT_SEED, "holdout_examples": len(held),
             "select_train_examples": len(rest), "grid": grid, "extended": len(grid) - len(base),
-            "chosen": {"lr": best["lr"]}}  # fmt: skip
+            "chosen": {"lr": best["lr"]},
+            "final_epochs": final_epochs(settings.epochs, len(train), len(rest), len(held))}  # fmt: skip
 
 
 def run_glue(
@@ -893,7 +906,9 @@ def run_glue(
                 selection = select_lr(ckpt, train, task_settings, root / "select", fabric=fabric, fff=fff,
                                       progress=progress and fabric.global_rank == 0,
                                       label=f"{label} {TASKS[name].display} selection", log=log)  # fmt: skip
-                task_settings = dataclasses.replace(task_settings, lr=selection["chosen"]["lr"])
+                task_settings = dataclasses.replace(
+                    task_settings, lr=selection["chosen"]["lr"], epochs=selection["final_epochs"]
+                )
             per_seed = []
             for seed in range(seeds):
                 run_dir = root / f"seed-{seed}"
