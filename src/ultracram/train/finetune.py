@@ -643,9 +643,9 @@ def holdout_split(train: GlueSplit) -> tuple[GlueSplit, GlueSplit]:
     return train.subset(sorted(order[held_n:])), held
 
 
-def select_dir(run_root: Path, lr: float) -> Path:
-    """The directory of the selection run at ``lr`` (``lr-0.002``)."""
-    return run_root / f"lr-{lr:g}"
+def select_run(run_root: Path, settings: FinetuneSettings, lr: float) -> tuple[Path, FinetuneSettings]:
+    """The directory (``lr-0.002``) and the settings of the selection run at ``lr``."""
+    return run_root / f"lr-{lr:g}", dataclasses.replace(settings, lr=lr)
 
 
 def selection_runs(
@@ -657,9 +657,8 @@ def selection_runs(
     rest, held = holdout_split(train)
     rest = subsample(rest, SELECT_MAX_TRAIN)
     hidden = read_checkpoint_config(checkpoint)["model"]["hidden_size"]
-    return [
-        (select_dir(run_root, lr), rest, held, dataclasses.replace(settings, lr=lr)) for lr in lr_grid(hidden)
-    ]
+    runs = [select_run(run_root, settings, lr) for lr in lr_grid(hidden)]
+    return [(run_dir, rest, held, s) for run_dir, s in runs]
 
 
 def final_epochs(epochs: float, train: int, select_train: int, held: int) -> float:
@@ -700,9 +699,9 @@ def select_lr(
     grid: list[dict[str, Any]] = []
 
     def run(lr: float) -> None:
-        s = dataclasses.replace(settings, lr=lr)
+        run_dir, s = select_run(run_root, settings, lr)
         try:
-            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, select_dir(run_root, lr), fabric=fabric,
+            r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_dir, fabric=fabric,
                              fff=fff, progress=progress, label=f"{label} lr {lr:g}")  # fmt: skip
             grid.append({"lr": lr, "score": r["metrics"][HOLDOUT][metric]})
         except DivergedError as e:
