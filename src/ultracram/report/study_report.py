@@ -182,13 +182,15 @@ def _at_edge(results: list[ModelResult]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _majority_test(task_entry: dict[str, Any], split: str) -> dict[str, Any] | None:
-    """The paired test of a task entry's main metric against the majority class (None if absent)."""
-    t = ((task_entry.get("vs_baselines") or {}).get(split) or {}).get("vs", {}).get(MAJORITY)
+def _majority_test(task_entry: dict[str, Any], split: str, baseline: str = MAJORITY) -> dict[str, Any] | None:
+    """The paired test of a task entry's main metric against the majority class (or another
+    ``baseline``); None if absent."""
+    t = ((task_entry.get("vs_baselines") or {}).get(split) or {}).get("vs", {}).get(baseline)
     return t if t and t.get("p_value") is not None else None
 
 
 def _beats_majority(test: dict[str, Any]) -> bool:
+    """Whether a test against a baseline says the checkpoint is better (5% level)."""
     return test["p_value"] < ALPHA and test["diff"] > 0
 
 
@@ -209,18 +211,28 @@ def _uncorrected(n: int) -> str:
 
 
 def _baseline_part(models: list[ModelResult]) -> list[tuple[str, list[str]]]:
-    """Each model against the bag of words and the majority class (``comparison_sentences``), and
-    in bold every column where every model is at chance."""
+    """Each model against the bag of words and the majority class (``comparison_sentences``), in
+    bold every column where every model is at chance, and in bold when no model beats the bag
+    of words anywhere (with where to read the budget at which one first does)."""
     entries = [r.glue_entry for r in models if r.glue_entry]
     sentences = comparison_sentences({"checkpoints": entries}) if entries else []
     if not sentences:
         return []
+    bow_tests = []
     for c in eval_columns():
         tests = [_majority_test(e["tasks"].get(c.task, {}), c.split) for e in entries]
         if len(entries) > 1 and all(tests) and not any(map(_beats_majority, tests)):
             sentences.append(
                 f"**{c.label}: every model is at chance: none is better than the majority class.**"
             )
+        bow_tests += [_majority_test(e["tasks"].get(c.task, {}), c.split, BOW) for e in entries]
+    bow_tests = [t for t in bow_tests if t]
+    if bow_tests and not any(map(_beats_majority, bow_tests)):
+        sentences.append(
+            "**No model beats the bag-of-words baseline on any task: at this pretraining budget and on these "
+            "training examples a word count does as well. ultracram's docs/budget.md measures how much CPU "
+            "pretraining a model needs before it first does better.**"
+        )
     intro = ("Against the baselines (paired bootstrap of the main metric on the same dev examples, two-sided, "
              f"{100 * ALPHA:.0f}% level, not corrected for multiple comparisons):")  # fmt: skip
     return [(intro, sentences)]
