@@ -84,6 +84,33 @@ def test_the_grid_is_extended_past_an_end_that_wins():
     assert lr_beyond([2e-4, 5e-4, *grid], 2e-4, grid) is None  # at most two steps past the grid
     assert lr_beyond([5e-4, *grid], 1e-3, grid) is None  # the extension lost: the choice is inside
     assert lr_beyond((1e-6, 2e-6), 1e-6, (1e-6, 2e-6)) is None  # the ladder's end
+    # A tie that reaches the lowest lr (no signal at the low end: every lr at the majority class,
+    # or all diverged) goes down; a tie at the high end only is left.
+    assert lr_beyond(grid, 2e-3, grid, tied=[1e-3, 2e-3, 5e-3, 1e-2]) == 5e-4
+    assert lr_beyond([5e-4, *grid], 2e-3, grid, tied=[5e-4, 1e-3, 2e-3]) == 2e-4
+    assert lr_beyond(grid, 2e-3, grid, tied=[2e-3, 5e-3, 1e-2]) is None
+
+
+@pytest.mark.parametrize(
+    "scores, tried, chosen",
+    [
+        ({}, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2], 2e-3),  # flat everywhere: two steps down, the guess stays
+        ({5e-4: 0.6}, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2], 5e-4),  # flat grid, a lower lr learns
+        ({1e-3: 0.6, 2e-3: 0.6}, [5e-4, 1e-3, 2e-3, 5e-3, 1e-2], 2e-3),  # the tie's lowest loses below it
+    ],
+)
+def test_a_grid_tied_at_its_lowest_lr_is_extended_down(tiny_checkpoint, tmp_path, monkeypatch, scores, tried,
+                                                          chosen):  # fmt: skip
+    """Every lr at the majority class (0.5) but those in ``scores``: the selection looks below the grid."""
+    monkeypatch.setattr(
+        finetune,
+        "finetune_run",
+        lambda c, t, d, s, *a, **kw: {"metrics": {HOLDOUT: {"accuracy": scores.get(s.lr, 0.5)}}},
+    )
+    train = load_glue_tsv("sst2", sample_glue_dir() / "SST-2" / "train.tsv")
+    settings = resolve_settings([get_task("sst2")], "fit")["sst2"]
+    sel = select_lr(tiny_checkpoint, train, settings, tmp_path, fabric=None, log=lambda _: None)
+    assert [g["lr"] for g in sel["grid"]] == tried and sel["chosen"]["lr"] == chosen
 
 
 @pytest.mark.parametrize(
@@ -153,7 +180,7 @@ def test_selection_never_reads_the_dev_labels(tiny_checkpoint, tmp_path):
     shuffled = run_glue([f"m={tiny_checkpoint}"], [shuffled_dir], tmp_path / "shuffled", **common)
     a, b = (r["checkpoints"][0]["tasks"]["sst2"] for r in (real, shuffled))
     assert a["selection"] == b["selection"]
-    assert [g["lr"] for g in a["selection"]["grid"]] == list(lr_grid(64))
+    assert set(lr_grid(64)) <= {g["lr"] for g in a["selection"]["grid"]}  # and any steps past it
     assert a["selection"]["holdout_examples"] == 40 and a["selection"]["select_train_examples"] == 120
     assert all(0 <= g["score"] <= 1 for g in a["selection"]["grid"])
     chosen = a["selection"]["chosen"]["lr"]

@@ -680,6 +680,11 @@ def choose_lr(grid: Sequence[dict[str, Any]], centre: float) -> dict[str, Any]:
     )
 
 
+def _tied(grid: Sequence[dict[str, Any]], best: dict[str, Any]) -> list[float]:
+    """The lrs of ``grid`` that scored as well as ``best`` (all diverged: every lr)."""
+    return [g["lr"] for g in grid if g["score"] == best["score"]]
+
+
 def select_lr(
     checkpoint: str | Path, train: GlueSplit, settings: FinetuneSettings, run_root: Path, *, fabric, fff: str = "auto",
     progress: bool = False, label: str = "", log: Callable[[str], None] = print,
@@ -689,8 +694,8 @@ def select_lr(
     neither passed nor read, so its labels cannot influence the choice. Ties (a small held-out
     set often scores every lr at the majority class) go to the lr nearest the width-scaled
     guess (the grid's second); a run that diverges scores below every other. When the best is
-    an end of the grid, the ladder's next step past it is run too, up to ``LR_EXTEND_MAX`` steps
-    (``lr_beyond``). Returns what the results record: {metric, seed, holdout_examples,
+    an end of the grid, or ties with its lowest lr, the ladder's next step past it is run too, up
+    to ``LR_EXTEND_MAX`` steps (``lr_beyond``). Returns what the results record: {metric, seed, holdout_examples,
     select_train_examples, grid: [{lr, score}] (ascending lr), extended (runs past the grid),
     chosen: {lr}, final_epochs (``final_epochs``)}."""
     metric = train.task.main_metric
@@ -711,8 +716,8 @@ def select_lr(
     for lr in base:
         run(lr)
     best = choose_lr(grid, centre=base[1])  # the width-scaled guess (lr_grid)
-    # The best at an end of the grid: try past it (up to LR_EXTEND_MAX steps) until it is inside.
-    while (lr := lr_beyond([g["lr"] for g in grid], best["lr"], base)) is not None:
+    # The best at an end of the grid (or tied with its lowest): try past it, up to LR_EXTEND_MAX steps.
+    while (lr := lr_beyond([g["lr"] for g in grid], best["lr"], base, _tied(grid, best))) is not None:
         run(lr)
         best = choose_lr(grid, centre=base[1])
     grid.sort(key=lambda g: g["lr"])
