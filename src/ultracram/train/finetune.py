@@ -68,6 +68,7 @@ from ultracram.data.glue import (
     TASKS,
     GlueDataError,
     GlueSplit,
+    GlueTask,
     compute_metrics,
     eval_columns,
     find_split,
@@ -78,6 +79,7 @@ from ultracram.errors import RunMismatchError
 from ultracram.fileio import atomic_write_text, check_same_run, sha256_tensors
 from ultracram.model import for_inference
 from ultracram.progress import ProgressDisplay, hms
+from ultracram.report.stats import glue_metric, resample_scores
 from ultracram.train import baselines as glue_baselines
 from ultracram.train import engine
 from ultracram.train.engine import (
@@ -672,17 +674,31 @@ def final_epochs(epochs: float, train: int, select_train: int, held: int) -> flo
     return epochs if select_train >= train - held else epochs * select_train / train
 
 
-def choose_lr(grid: Sequence[dict[str, Any]], centre: float) -> dict[str, Any]:
-    """The best of ``grid`` ([{lr, score}], score None for a diverged run): the highest score;
-    among equal scores the lr nearest ``centre`` (in log scale); a diverged run only if all did."""
-    return max(
-        grid, key=lambda g: (g["score"] is not None, g["score"] or 0.0, -abs(math.log(g["lr"] / centre)))
-    )
+def choose_lr(grid: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen run of ``grid`` ([{lr, score, se}]; score None for a diverged run, ``se`` the
+    bootstrap standard error of the score over the held-out examples): the lowest lr whose score
+    is within one standard error of the best score (the one-standard-error rule). A held-out
+    part of a few hundred examples cannot tell apart scores closer than that, and of lrs it
+    cannot tell apart the lowest is the one least likely to collapse in the final runs: in the
+    study's rerun (docs/study.md) bert-tiny's STS-B scored 0.223 at 1e-2 against 0.214 at 2e-3
+    (se about 0.04), and its three final runs at 1e-2 collapsed to a constant (Spearman 0-3 points).
+    Exact ties (a flat grid at the majority class) go to the lowest lr too; a diverged run only
+    wins if all did (then the lowest lr)."""
+    scored = [g for g in grid if g["score"] is not None]
+    if not scored:
+        return min(grid, key=lambda g: g["lr"])
+    best = max(scored, key=lambda g: g["score"])
+    floor = best["score"] - (best.get("se") or 0.0)
+    return min((g for g in scored if g["score"] >= floor), key=lambda g: g["lr"])
 
 
-def _tied(grid: Sequence[dict[str, Any]], best: dict[str, Any]) -> list[float]:
-    """The lrs of ``grid`` that scored as well as ``best`` (all diverged: every lr)."""
-    return [g["lr"] for g in grid if g["score"] == best["score"]]
+def _standard_error(task: GlueTask, metric: str, held: GlueSplit, preds: Sequence | None) -> float:
+    """Bootstrap standard error of ``metric`` over the held-out examples (0 without predictions)."""
+    if preds is None or len(preds) != len(held):
+        return 0.0
+    scores = resample_scores(glue_metric(task, metric), np.asarray(held.labels), np.asarray(preds),
+                             glue_baselines.N_BOOT, glue_baselines.BOOT_SEED)  # fmt: skip
+    return float(np.nanstd(scores)) if np.isfinite(scores).any() else 0.0
 
 
 def select_lr(
@@ -691,14 +707,14 @@ def select_lr(
 ) -> dict[str, Any]:  # fmt: skip
     """Choose the learning rate of ``checkpoint`` on ``train``'s task by the task's main metric
     on held-out training examples (``selection_runs``, seed ``SELECT_SEED``); the dev set is
-    neither passed nor read, so its labels cannot influence the choice. Ties (a small held-out
-    set often scores every lr at the majority class) go to the lr nearest the width-scaled
-    guess (the grid's second); a run that diverges scores below every other. When the best is
-    an end of the grid, or ties with its lowest lr, the ladder's next step past it is run too, up
-    to ``LR_EXTEND_MAX`` steps (``lr_beyond``). Returns what the results record: {metric, seed, holdout_examples,
-    select_train_examples, grid: [{lr, score}] (ascending lr), extended (runs past the grid),
-    chosen: {lr}, final_epochs (``final_epochs``)}."""
-    metric = train.task.main_metric
+    neither passed nor read, so its labels cannot influence the choice. The choice is the lowest
+    lr within one standard error of the best score (``choose_lr``); a run that diverges scores
+    below every other. When the choice is an end of the lrs tried, the ladder's next step past
+    it is run too, up to ``LR_EXTEND_MAX`` steps beyond the grid (``lr_beyond``). Returns what
+    the results record: {metric, seed, holdout_examples, select_train_examples, grid: [{lr,
+    score, se}] (ascending lr), extended (runs past the grid), chosen: {lr}, final_epochs
+    (``final_epochs``)}."""
+    task, metric = train.task, train.task.main_metric
     runs = selection_runs(checkpoint, train, settings, run_root)
     _, rest, held, _ = runs[0]  # every run trains on the same part and is scored on the same held-out part
     grid: list[dict[str, Any]] = []
@@ -708,25 +724,31 @@ def select_lr(
         try:
             r = finetune_run(checkpoint, rest, [held], s, SELECT_SEED, run_dir, fabric=fabric,
                              fff=fff, progress=progress, label=f"{label} lr {lr:g}")  # fmt: skip
-            grid.append({"lr": lr, "score": r["metrics"][HOLDOUT][metric]})
+            preds = (r.get("predictions") or {}).get(HOLDOUT)
+            grid.append({"lr": lr, "score": r["metrics"][HOLDOUT][metric],
+                         "se": _standard_error(task, metric, held, preds)})  # fmt: skip
         except DivergedError as e:
             grid.append({"lr": lr, "score": None, "diverged": str(e)})
 
     base = [s.lr for _, _, _, s in runs]
     for lr in base:
         run(lr)
-    best = choose_lr(grid, centre=base[1])  # the width-scaled guess (lr_grid)
-    # The best at an end of the grid (or tied with its lowest): try past it, up to LR_EXTEND_MAX steps.
-    while (lr := lr_beyond([g["lr"] for g in grid], best["lr"], base, _tied(grid, best))) is not None:
+    chosen = choose_lr(grid)
+    # The choice at an end of the lrs tried: try past it, up to LR_EXTEND_MAX steps beyond the grid.
+    while (lr := lr_beyond([g["lr"] for g in grid], chosen["lr"], base)) is not None:
         run(lr)
-        best = choose_lr(grid, centre=base[1])
+        chosen = choose_lr(grid)
     grid.sort(key=lambda g: g["lr"])
+    best = max((g for g in grid if g["score"] is not None), key=lambda g: g["score"], default=None)
+    within = (
+        f" (within one standard error, {best['se']:.4f}, of the best)" if best and best is not chosen else ""
+    )
     log(f"{label}: lr chosen on {len(held)} held-out training examples ({metric}): "
         + ", ".join(f"{g['lr']:g} -> " + ("diverged" if g["score"] is None else f"{g['score']:.4f}") for g in grid)
-        + f"; chosen {best['lr']:g}")  # fmt: skip
+        + f"; chosen {chosen['lr']:g}{within}")  # fmt: skip
     return {"metric": metric, "seed": SELECT_SEED, "holdout_examples": len(held),
             "select_train_examples": len(rest), "grid": grid, "extended": len(grid) - len(base),
-            "chosen": {"lr": best["lr"]},
+            "chosen": {"lr": chosen["lr"]},
             "final_epochs": final_epochs(settings.epochs, len(train), len(rest), len(held))}  # fmt: skip
 
 

@@ -146,9 +146,10 @@ LR_WIDTH_EXPONENT = 1.5
 """The guess is LR_REFERENCE's lr x (its width / the model's width) ** this."""
 
 LR_EXTEND_MAX = 2
-"""When the best lr is an end of the grid (or ties with its lowest), up to this many further
-ladder steps past it are tried, one at a time, until the best lies inside (``lr_beyond``) (the width rule is a guess: crammed-bert-tiny
-after 10M tokens chose 5e-4 on CoLA and 2e-2 on MRPC, both past its grid; docs/glue.md)."""
+"""When the chosen lr is an end of the grid, up to this many further ladder steps past it are
+tried, one at a time, until the choice lies inside (``lr_beyond``): the width rule is a guess
+(crammed-bert-tiny after 10M tokens chose 5e-4 on CoLA and 2e-2 on MRPC, both past its grid;
+docs/glue.md)."""
 
 HOLDOUT_FRACTION = 0.1
 """Share of the training examples held out to choose the learning rate on (fit protocol)..."""
@@ -170,28 +171,18 @@ def lr_grid(hidden_size: int) -> tuple[float, ...]:
     return LR_LADDER[i - 1 : i + 3]
 
 
-def lr_beyond(
-    tried: Sequence[float], chosen: float, grid: Sequence[float], tied: Sequence[float] = ()
-) -> float | None:
+def lr_beyond(tried: Sequence[float], chosen: float, grid: Sequence[float]) -> float | None:
     """The next lr to try after ``tried`` (the lrs run so far, ``grid`` and any extension) chose
-    ``chosen`` (``tied``: the lrs that scored as well): the ladder's step below the lowest tried
-    when that one is chosen or tied with the choice, else the step above the highest when that
-    one is chosen; at most LR_EXTEND_MAX steps beyond ``grid``; None when the choice is inside, or
-    no step is left. A tie that reaches the lowest lr is a grid with no signal at its low end,
-    most often every lr collapsed to the majority class or all diverged (a tie goes to the
-    width-scaled guess, ``choose_lr``): lower rates are where such a model still learns (the
-    no-pretraining bert-tiny of docs/study.md: CoLA MCC 0 at 2e-3 and above, 0.14 at 5e-4); a
-    tie at the high end is left, as higher rates only collapse further."""
+    ``chosen``: the ladder's step past it when it is the lowest or highest tried, at most
+    LR_EXTEND_MAX steps beyond ``grid``; None when the choice is inside, or no step is left.
+    (The choice is the lowest lr within one standard error of the best, ``finetune.choose_lr``,
+    so a grid that scores alike at its low end, every lr at the majority class, say, is
+    extended downwards, where such a model may still learn.)"""
     if len(tried) - len(grid) >= LR_EXTEND_MAX or chosen not in LR_LADDER:
         return None
-    low, high = min(tried), max(tried)
-    if low == chosen or low in tied:
-        i = LR_LADDER.index(low) - 1
-    elif high == chosen:
-        i = LR_LADDER.index(high) + 1
-    else:
-        return None
-    return LR_LADDER[i] if 0 <= i < len(LR_LADDER) else None
+    step = -1 if chosen == min(tried) else 1 if chosen == max(tried) else 0
+    i = LR_LADDER.index(chosen) + step
+    return LR_LADDER[i] if step and 0 <= i < len(LR_LADDER) else None
 
 
 def holdout_size(n: int) -> int:
