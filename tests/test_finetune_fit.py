@@ -121,8 +121,8 @@ def test_selection_takes_the_lowest_lr_the_held_out_part_cannot_tell_from_the_be
                                                                                    monkeypatch):  # fmt: skip
     """Held-out predictions right on 80% (1e-3), 82% (2e-3, the best) and less above: with 200
     held-out examples the standard error is about 2.7 points, so 1e-3 is chosen; the step below
-    (70%) is tried and loses. The recorded standard error is the bootstrap one of scikit-learn's
-    accuracy over the held-out examples."""
+    (70%) is tried and loses. The recorded standard error, bootstrapped over the held-out
+    examples, agrees with the binomial one."""
     right = {5e-4: 0.70, 1e-3: 0.80, 2e-3: 0.82, 5e-3: 0.60, 1e-2: 0.55}
 
     def fake_run(checkpoint, train, devs, s, seed, run_dir, **kw):

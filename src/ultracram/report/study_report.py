@@ -182,9 +182,9 @@ def _at_edge(results: list[ModelResult]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _majority_test(task_entry: dict[str, Any], split: str, baseline: str = MAJORITY) -> dict[str, Any] | None:
-    """The paired test of a task entry's main metric against the majority class (or another
-    ``baseline``); None if absent."""
+def _baseline_test(task_entry: dict[str, Any], split: str, baseline: str = MAJORITY) -> dict[str, Any] | None:
+    """The paired test of a task entry's main metric against ``baseline`` (by default the
+    majority class); None if absent."""
     t = ((task_entry.get("vs_baselines") or {}).get(split) or {}).get("vs", {}).get(baseline)
     return t if t and t.get("p_value") is not None else None
 
@@ -197,7 +197,7 @@ def _beats_majority(test: dict[str, Any]) -> bool:
 def at_chance(r: ModelResult) -> bool | None:
     """Whether ``r`` is better than the majority class on no task (paired bootstrap, 5% level);
     None when its results hold no such test (older versions)."""
-    tests = [_majority_test(t, split) for t in (r.glue_entry or {}).get("tasks", {}).values()
+    tests = [_baseline_test(t, split) for t in (r.glue_entry or {}).get("tasks", {}).values()
              for split in t.get("summary", {})]  # fmt: skip
     tests = [t for t in tests if t]
     return not any(map(_beats_majority, tests)) if tests else None
@@ -221,14 +221,14 @@ def _baseline_part(models: list[ModelResult]) -> list[tuple[str, list[str]]]:
         return []
     both_tests = []
     for c in eval_columns():
-        tests = [_majority_test(e["tasks"].get(c.task, {}), c.split) for e in entries]
+        tests = [_baseline_test(e["tasks"].get(c.task, {}), c.split) for e in entries]
         if len(entries) > 1 and all(tests) and not any(map(_beats_majority, tests)):
             sentences.append(
                 f"**{c.label}: every model is at chance: none is better than the majority class.**"
             )
         # Beating the bag of words counts only above chance (on WNLI it scores under the majority class).
         both_tests += [
-            (_majority_test(e["tasks"].get(c.task, {}), c.split, BOW), t) for e, t in zip(entries, tests)
+            (_baseline_test(e["tasks"].get(c.task, {}), c.split, BOW), t) for e, t in zip(entries, tests)
         ]
     both_tests = [(b, m) for b, m in both_tests if b and m]
     if both_tests and not any(_beats_majority(b) and _beats_majority(m) for b, m in both_tests):
