@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -107,6 +108,14 @@ def test_killed_study_resumes_without_redoing_finished_models(tmp_path):
         "data:image/png;base64," in page.read_text()
         and "ultrafastbert-tiny (no pretraining)" in page.read_text()
     )
+
+    # A record without the git-ignored runs/ (their per-seed predictions) is named, not silently left out.
+    shutil.rmtree(first / "glue" / "runs")
+    report = run_study(out, SMALL, log=lambda _: None)[0].read_text()
+    assert (
+        "No per-example dev predictions for crammed-bert-tiny, crammed-bert-tiny (no pretraining) (" in report
+    )
+    assert "Between models" not in report and "What pretraining bought" in report  # ultrafastbert-tiny's kept
 
     with pytest.raises(StudyError, match="different settings"):
         run_study(

@@ -457,9 +457,18 @@ def _report(
         "in one block of 7 interleaved rounds: the median, with the slowest and fastest round.",
         *_load_notes(speeds),
     ]  # fmt: skip
+    sets = dev_sets(out, glue, log)
+    missing = _without_predictions(glue, sets)
+    if missing:
+        note = (f"No per-example dev predictions for {', '.join(missing)} (the result.json of their fine-tuning runs "
+                "under models/<model>/glue/runs/ are missing or from an older version): they are left out of the "
+                "pairwise tests of the summary and have no interval on their GLUE average; to include them, delete "
+                "models/<model>/result.json and models/<model>/glue/ and rerun (the pretraining is kept).")  # fmt: skip
+        notes.append(note)
+        log(f"note: {note}")
     meta = {"title": "ultracram comparison study", "notes": notes, "settings": json.loads(json.dumps(asdict(s))),
             "environment": environment()}  # fmt: skip
-    md, page = write_report(out, [ModelResult.from_dict(r) for r in rows], meta, dev_sets(out, glue, log))
+    md, page = write_report(out, [ModelResult.from_dict(r) for r in rows], meta, sets)
     log(f"report{' (incomplete)' if speeds is None else ''}: {md} and {page} (open it in a browser)")
     return md, page
 
@@ -509,6 +518,14 @@ def dev_sets(out: Path, glue: dict[str, dict[str, Any] | None], log: Callable[[s
                     predictions[e["label"]] = [np.asarray(p) for p in preds]
         sets.append(DevSet(c.label, c.task, TASKS[c.task].main_metric, np.asarray(dev.labels), predictions))
     return sets
+
+
+def _without_predictions(glue: dict[str, dict[str, Any] | None], sets: list[DevSet]) -> list[str]:
+    """The checkpoints (models and controls) missing from some dev set's predictions, which the
+    report's pairwise tests and average intervals then leave out; none when no dev set could be
+    read (``dev_sets`` says why)."""
+    labels = [e["label"] for g in glue.values() for e in (g or {}).get("checkpoints", [])]
+    return [label for label in labels if sets and any(label not in d.predictions for d in sets)]
 
 
 def _run_predictions(path: Path, split: str) -> list | None:
