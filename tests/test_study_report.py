@@ -104,7 +104,7 @@ def test_summary_says_not_distinguishable_beats_and_at_chance_in_bold():
     # Identical predictions: p = 1; across seeds, Welch's test is not defined with one seed on a side.
     assert "SST-2: model-a and model-b are not distinguishable (model-a - model-b: +0.0 points" in text
     assert "SST-2: model-a beats model-a (no pretraining) by 30.0 points (95% CI" in text
-    assert "**SST-2: every model is at chance: none is better than the majority class.**" in text
+    assert "**On SST-2 every model is at chance: none is better than the majority class.**" in text
     assert (
         "**No model is better than both the bag-of-words baseline and the majority class on any task" in text
     )

@@ -219,17 +219,20 @@ def _baseline_part(models: list[ModelResult]) -> list[tuple[str, list[str]]]:
     sentences = comparison_sentences({"checkpoints": entries}) if entries else []
     if not sentences:
         return []
-    both_tests = []
+    both_tests, all_at_chance = [], []
     for c in eval_columns():
         tests = [_baseline_test(e["tasks"].get(c.task, {}), c.split) for e in entries]
         if len(entries) > 1 and all(tests) and not any(map(_beats_majority, tests)):
-            sentences.append(
-                f"**{c.label}: every model is at chance: none is better than the majority class.**"
-            )
+            all_at_chance.append(c.label)
         # Beating the bag of words counts only above chance (on WNLI it scores under the majority class).
         both_tests += [
             (_baseline_test(e["tasks"].get(c.task, {}), c.split, BOW), t) for e, t in zip(entries, tests)
         ]
+    if all_at_chance:  # one line for all such columns: each column's sentence has the details
+        columns = ", ".join(all_at_chance[:-1]) + " and " * (len(all_at_chance) > 1) + all_at_chance[-1]
+        sentences.append(
+            f"**On {columns} every model is at chance: none is better than the majority class.**"
+        )
     both_tests = [(b, m) for b, m in both_tests if b and m]
     if both_tests and not any(_beats_majority(b) and _beats_majority(m) for b, m in both_tests):
         sentences.append(
