@@ -81,14 +81,22 @@ def test_table_has_control_and_baseline_rows_with_intervals_and_seed_ranges(tmp_
 
 
 def test_lr_at_an_end_of_the_grid_is_marked_and_explained(tmp_path):
-    """A chosen lr at the grid's end may not be the best: the lr table marks it and says so;
-    one inside the grid is not marked (and no note when none is at an end)."""
+    """A chosen lr at the grid's end where the best held-out score is too may not be the best lr:
+    the lr table marks it and says so; one inside the grid is not marked (and no note when none
+    is at an end)."""
     from ultracram.train.glue_table import EDGE_NOTE, selection_edge
 
     grid = [{"lr": lr, "score": s} for lr, s in [(1e-3, 0.81), (2e-3, 0.80), (5e-3, 0.54), (1e-2, 0.54)]]
     assert selection_edge({"grid": grid, "chosen": {"lr": 1e-3}}) == "lowest"
-    assert selection_edge({"grid": grid, "chosen": {"lr": 1e-2}}) == "highest"
     assert selection_edge({"grid": grid, "chosen": {"lr": 2e-3}}) is None
+    assert selection_edge({"grid": grid[::-1], "chosen": {"lr": 1e-3}}) == "lowest"  # order of the runs
+    # At an end but the best score inside (the one-standard-error rule's pick): not marked.
+    assert selection_edge({"grid": grid, "chosen": {"lr": 1e-2}}) is None
+    inside = [{"lr": 5e-4, "score": 0.80}, *grid]
+    assert selection_edge({"grid": inside, "chosen": {"lr": 5e-4}}) is None
+    rising = [{"lr": lr, "score": s} for lr, s in [(1e-3, 0.5), (2e-3, 0.6), (5e-3, 0.7), (1e-2, None)]]
+    assert selection_edge({"grid": rising, "chosen": {"lr": 5e-3}}) is None  # the highest lr diverged
+    assert selection_edge({"grid": rising[:3], "chosen": {"lr": 5e-3}}) == "highest"
     results = _results()
     results[0].glue_entry["tasks"]["sst2"]["selection"] = {"grid": grid, "chosen": {"lr": 1e-3}}
     text = write_report(tmp_path / "edge", results, {}, [_dev()])[0].read_text()

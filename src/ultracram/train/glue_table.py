@@ -25,19 +25,27 @@ SIGNIFICANCE = 0.05
 
 EDGE_NOTE = (
     "An lr marked lowest or highest of grid is still an end of the grid after the steps tried past it "
-    "(at most two): the held-out score may improve further out, so that cell may understate the model "
-    "(try a fixed lr further out with --per_task.TASK.lr)."
+    "(at most two), and the best held-out score is there: a better lr may lie further out, so that cell may "
+    "understate the model (try a fixed lr further out with --per_task.TASK.lr)."
 )
 
 
 def selection_edge(selection: dict[str, Any]) -> str | None:
-    """Which end of its learning-rate grid the fitted protocol chose ("lowest" or "highest"; the
-    best lr may lie beyond it), or None when the choice is inside the grid."""
-    lrs = [g["lr"] for g in selection.get("grid", [])]
+    """Which end of its learning-rate grid the fitted protocol chose ("lowest" or "highest"),
+    when the best held-out score is at that end too (the best lr may then lie beyond it); None
+    otherwise. A choice at an end whose best score lies inside the grid is the one-standard-
+    error rule's (``finetune.choose_lr``) lower-lr pick among scores alike, not a sign of a grid
+    too narrow."""
+    grid = selection.get("grid", [])
+    lrs = [g["lr"] for g in grid]
     lr = (selection.get("chosen") or {}).get("lr")
-    if len(lrs) < 2 or lr is None:
+    scores = [g["score"] for g in grid if g.get("score") is not None]  # None: diverged
+    if len(lrs) < 2 or lr is None or not scores:
         return None
-    return "lowest" if lr == min(lrs) else "highest" if lr == max(lrs) else None
+    at_best = {g["lr"] for g in grid if g.get("score") == max(scores)}
+    if lr == min(lrs) and lr in at_best:
+        return "lowest"
+    return "highest" if lr == max(lrs) and lr in at_best else None
 
 
 def chosen_lr_text(selection: dict[str, Any]) -> str:
