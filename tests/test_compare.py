@@ -1,5 +1,7 @@
 """report/compare.py against numpy/scipy references on synthetic data with known answers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import ttest_ind
@@ -76,6 +78,16 @@ def test_seeds_median_run_spread_and_welch_equal_scipys():
         "seed ranges a 50.0-90.0, b 60.0-65.0; across seeds (Welch's t-test, 3 vs 2 seeds) p = "
         in describe_pair(t)
     )
+    # When the two tests disagree, the clause says which says what.
+    assert t.significant and not t.significant_across_seeds  # dev examples: yes; these seeds: no
+    assert describe_pair(t).startswith("a beats b") and describe_pair(t).endswith(
+        ", not significant across seeds"
+    )
+    a3, b2 = (0.70, 0.71, 0.72), (0.60, 0.61)
+    steady = dataclasses.replace(t, seeds_a=a3, seeds_b=b2, welch_p=across_seeds(a3, b2))
+    assert steady.significant_across_seeds and "significant across" not in describe_pair(steady)  # agree
+    unpaired = dataclasses.replace(steady, p_value=0.3)
+    assert describe_pair(unpaired).endswith(", significant across seeds")
 
 
 def test_welch_needs_two_seeds_each_and_is_undefined_without_variance():

@@ -182,3 +182,17 @@ def test_models_at_chance_are_hollow_in_the_figure_with_a_note(tmp_path):
     assert at_chance(ModelResult(**{**results[2].__dict__, "glue_entry": clear})) is False
     text = write_report(tmp_path, results, {}, [_dev()])[0].read_text()
     assert "Hollow grey: at chance" in text and "Error bars: 95% bootstrap interval" in text
+
+
+def test_nothing_lead_only_when_no_test_says_something():
+    """'no two models are distinguishable' leads a column only if neither the paired bootstrap
+    nor Welch's test across seeds is significant for any pair."""
+    from ultracram.report.compare import PairTest
+    from ultracram.report.study_report import _column_sentence
+
+    seeds = ((0.70, 0.71, 0.72), (0.60, 0.61, 0.62))
+    quiet = PairTest("CoLA", "a", "b", 0.01, -0.02, 0.04, 0.5, *seeds, welch_p=0.4)
+    across = PairTest("CoLA", "a", "c", 0.01, -0.02, 0.04, 0.5, *seeds, welch_p=0.01)
+    assert _column_sentence("CoLA", [quiet, quiet], "nothing").startswith("CoLA: nothing: ")
+    text = _column_sentence("CoLA", [quiet, across], "nothing")
+    assert "nothing" not in text and text.endswith(", significant across seeds.")

@@ -84,6 +84,10 @@ class PairTest:
     def significant(self) -> bool:
         return bool(np.isfinite(self.p_value)) and self.p_value < ALPHA
 
+    @property
+    def significant_across_seeds(self) -> bool:
+        return self.welch_p is not None and bool(np.isfinite(self.welch_p)) and self.welch_p < ALPHA
+
 
 def seed_scores(dev: DevSet, system: str) -> np.ndarray:
     """(S,) the metric of each of ``system``'s seeds on ``dev``."""
@@ -253,6 +257,12 @@ def describe_pair(t: PairTest, *, loss: bool = False) -> str:
             text += "; no variation across seeds (Welch's t-test undefined)"
         elif t.welch_p is not None:
             text += f"; across seeds (Welch's t-test, {len(t.seeds_a)} vs {len(t.seeds_b)} seeds) {format_p(t.welch_p)}"
+            if t.significant_across_seeds != t.significant:  # the two tests disagree: say which says what
+                text += (
+                    ", significant across seeds"
+                    if t.significant_across_seeds
+                    else ", not significant across seeds"
+                )
     return text
 
 

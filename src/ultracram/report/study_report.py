@@ -248,8 +248,9 @@ def _baseline_part(models: list[ModelResult]) -> list[tuple[str, list[str]]]:
 
 def _column_sentence(column: str, tests: list[PairTest], nothing: str) -> str:
     """``SST-2: A beats B by ...; A and C are not distinguishable (...)``; when no test is
-    significant (several tests), ``nothing`` says so first."""
-    lead = f"{nothing}: " if len(tests) > 1 and not any(t.significant for t in tests) else ""
+    significant (several tests), on the dev examples nor across seeds, ``nothing`` says so first."""
+    quiet = not any(t.significant or t.significant_across_seeds for t in tests)
+    lead = f"{nothing}: " if len(tests) > 1 and quiet else ""
     return f"{column}: {lead}" + "; ".join(describe_pair(t) for t in tests) + "."
 
 
