@@ -460,7 +460,7 @@ def _report(
     sets = dev_sets(out, glue, log)
     missing = _without_predictions(glue, sets)
     if missing:
-        note = (f"No per-example dev predictions for {', '.join(missing)} (the result.json of their fine-tuning runs "
+        note = (f"No per-example dev predictions for {', '.join(missing)} (the result.json files of their fine-tuning runs "
                 "under models/<model>/glue/runs/ are missing or from an older version): they are left out of the "
                 "pairwise tests of the summary and have no interval on their GLUE average; to include them, delete "
                 "models/<model>/result.json and models/<model>/glue/ and rerun (the pretraining is kept).")  # fmt: skip
