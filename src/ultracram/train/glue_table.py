@@ -42,7 +42,8 @@ def selection_edge(selection: dict[str, Any]) -> str | None:
     scores = [g["score"] for g in grid if g.get("score") is not None]  # None: diverged
     if len(lrs) < 2 or lr is None or not scores:
         return None
-    at_best = {g["lr"] for g in grid if g.get("score") == max(scores)}
+    best = max(scores)
+    at_best = {g["lr"] for g in grid if g.get("score") == best}
     if lr == min(lrs) and lr in at_best:
         return "lowest"
     return "highest" if lr == max(lrs) and lr in at_best else None
